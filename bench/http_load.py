@@ -1,0 +1,223 @@
+"""End-to-end load over HTTP (issue 3): p50/p99 and throughput per budget tier, from a
+separate load-generator process, plus the same routes called in-process for reference.
+
+    python -m bench.http_load [--backend torch] [--duration 10] [--concurrency 32]
+
+Reports: batch-1 p50 per tier and the ratio low/max; saturated mixed-task throughput per
+tier; and throughput over HTTP vs the same routes in-process at the batch sizes the server
+formed (goal >= 0.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import orjson
+from PIL import Image
+
+from bench.common import percentile
+
+TASKS = ["count", "presence", "sum", "segment"]
+TIERS = ["low", "medium", "high", "max"]
+
+
+def png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def bodies(images: np.ndarray, tier: str) -> list[tuple[str, bytes]]:
+    """Pre-serialised one-image request bodies cycling through tasks (mixed-task traffic)."""
+    out = []
+    for i, image in enumerate(images):
+        body = {
+            "task": TASKS[i % len(TASKS)],
+            "budget": tier,
+            "inputs": [{"image": png(image)}],
+            "mask_format": "png",
+        }
+        out.append((tier, orjson.dumps(body)))
+    return out
+
+
+async def _drive(
+    url: str, payloads: list[tuple[str, bytes]], concurrency: int, duration: float, limit: int
+) -> list:
+    results, stop = [], time.monotonic() + duration
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as c:
+
+        async def worker(w: int) -> None:
+            i = w
+            while time.monotonic() < stop and len(results) < limit:
+                tag, body = payloads[i % len(payloads)]
+                start = time.perf_counter()
+                r = await c.post("/v1/predict", content=body, headers=headers)
+                ms = (time.perf_counter() - start) * 1000
+                batch = r.json()["route"]["batch_size"] if r.status_code == 200 else 0
+                results.append((ms, r.status_code, batch, time.monotonic(), tag))
+                i += concurrency
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return [(ms, st, b, t - t0, tag) for ms, st, b, t, tag in results]
+
+
+def _load_process(url, payloads, concurrency, duration, limit, queue) -> None:
+    queue.put(asyncio.run(_drive(url, payloads, concurrency, duration, limit)))
+
+
+def load(
+    url: str, payloads: list[tuple[str, bytes]], concurrency: int, duration: float, limit: int = 100_000
+) -> list:
+    """Run the load generator in its own process; (latency_ms, status, batch, t, tag) per request."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_load_process, args=(url, payloads, concurrency, duration, limit, queue))
+    proc.start()
+    results = queue.get(timeout=duration + 120)
+    proc.join()
+    return results
+
+
+def start_server(backend: str, port: int, threads: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TRUNKLINE_BACKEND": backend,
+        "TRUNKLINE_PORT": str(port),
+        "TRUNKLINE_THREADS": str(threads),
+        "TRUNKLINE_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("server did not become ready")
+
+
+def in_process_throughput(
+    backend_name: str, threads: int, tier: str, batch: int, images: np.ndarray
+) -> float:
+    """Instances/s of the same routes called in-process on mixed-task batches of `batch`."""
+    from models import checkpoint
+    from routing import Budget, RouteTables
+    from server.backends import create_backend
+    from server.batcher import WorkItem, run_batch
+    from server.settings import Settings
+
+    settings = Settings(backend=backend_name, threads=threads)
+    model, tables = checkpoint.load(settings.model)
+    rt = RouteTables(model.cfg, tables)
+    routes = {t: [e.route for e in rows] for t, rows in rt.tables.items()}
+    backend = create_backend(backend_name, model, routes, settings)
+    plans = [rt.resolve([t], Budget.parse(tier)) for t in TASKS]
+    by_width: dict[float, list] = {}
+    for i in range(batch):
+        plan = plans[i % len(plans)]
+        item = WorkItem(images[i : i + 1].astype(np.float32) / 255, plan)
+        by_width.setdefault(plan.width, []).append(item)
+    run = lambda: [run_batch(backend, w, items) for w, items in by_width.items()]
+    run()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def summarise(results: list, warmup_s: float = 1.0) -> dict:
+    ok = [r for r in results if r[1] == 200 and r[3] >= warmup_s]
+    span = max(r[3] for r in ok) - warmup_s if ok else float("nan")
+    lat = [r[0] for r in ok]
+    return {
+        "requests": len(ok),
+        "errors": sum(r[1] != 200 for r in results),
+        "throughput_rps": len(ok) / span if span else float("nan"),
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "mean_batch": statistics.mean(r[2] for r in ok) if ok else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per saturated run")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch1-requests", type=int, default=60, help="sequential requests per tier")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--json", help="also write the raw numbers here")
+    args = parser.parse_args()
+
+    from models.data import make_scenes
+
+    images = make_scenes(256, "test", seed=4242).images
+    url = f"http://127.0.0.1:{args.port}"
+    server = start_server(args.backend, args.port, args.threads)
+    report: dict = {"backend": args.backend, "threads": args.threads, "concurrency": args.concurrency}
+    try:
+        # batch-1 latency: one request at a time, tiers interleaved request by request
+        per_tier = {t: bodies(images, t) for t in TIERS}
+        n = args.batch1_requests
+        mixed = [per_tier[TIERS[i % 4]][i // 4] for i in range(4 * n)]
+        res = load(url, mixed, 1, 600, limit=4 * n)
+        report["batch1_p50_ms"] = {
+            t: statistics.median(r[0] for r in res if r[4] == t and r[1] == 200) for t in TIERS
+        }
+        report["batch1_low_vs_max"] = report["batch1_p50_ms"]["low"] / report["batch1_p50_ms"]["max"]
+        # saturated mixed-task load per tier
+        report["saturated"] = {}
+        for tier in TIERS:
+            stats = summarise(load(url, per_tier[tier], args.concurrency, args.duration))
+            stats["in_process_rps"] = in_process_throughput(
+                args.backend, args.threads, tier, max(1, round(stats["mean_batch"])), images
+            )
+            stats["http_vs_in_process"] = stats["throughput_rps"] / stats["in_process_rps"]
+            report["saturated"][tier] = stats
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    print(
+        f"backend={args.backend} threads={args.threads} concurrency={args.concurrency} "
+        f"(load generator in its own process)"
+    )
+    print("batch-1 p50 ms: " + "  ".join(f"{t}={v:.2f}" for t, v in report["batch1_p50_ms"].items()))
+    print(f"batch-1 p50 ratio low/max: {report['batch1_low_vs_max']:.3f}  (goal <= 0.5)")
+    print("tier     req/s    p50 ms   p99 ms  mean batch  in-process req/s  http/in-process")
+    for tier, s in report["saturated"].items():
+        print(
+            f"{tier:7} {s['throughput_rps']:7.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} "
+            f"{s['mean_batch']:10.1f} {s['in_process_rps']:17.1f} {s['http_vs_in_process']:15.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""`trunkline predict --url URL --task T [--budget B] IMAGE...`: send PNG files, print results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from clients.client import Client, TrunklineError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trunkline predict", description=__doc__)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--task", required=True, help="a task, or several separated by commas")
+    parser.add_argument("--budget", help="fraction in (0, 1] or min|low|medium|high|max")
+    parser.add_argument("--min-budget")
+    parser.add_argument("--timeout-ms", type=float)
+    parser.add_argument("--token", help="bearer token, if the server requires one")
+    parser.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    parser.add_argument("images", nargs="+", help="PNG files, 56x56 grayscale")
+    args = parser.parse_args(argv)
+    tasks = [t for t in args.task.split(",") if t]
+    budget = float(args.budget) if args.budget and args.budget[0].isdigit() else args.budget
+    try:
+        with Client(args.url, token=args.token) as client:
+            result = client.predict(
+                args.images,
+                tasks=tasks,
+                budget=budget,
+                min_budget=args.min_budget,
+                timeout_ms=args.timeout_ms,
+                mask_format="png",
+            )
+    except TrunklineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.raw, indent=2))
+        return 0
+    r = result.receipt
+    for path, output in zip(args.images, result.outputs):
+        parts = []
+        for task, out in output.items():
+            value = out.get("label", out.get("labels"))
+            parts.append(f"{task}={value if value is not None else '<mask>'}")
+        print(f"{path}: {' '.join(parts)}")
+    routes = ", ".join(f"{t}:{v['route']}" for t, v in r.tasks.items())
+    print(
+        f"route {routes}  flops_fraction={r.flops_fraction:.3f} degraded={r.degraded} "
+        f"backend={r.backend} batch={r.batch_size} compute={r.compute_ms:.1f}ms"
+    )
+    return 0

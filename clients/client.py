@@ -1,0 +1,248 @@
+"""Sync and async clients. Both share `_RequestBuilder`; only the transport differs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ImageLike = str | Path | bytes | np.ndarray
+
+
+class TrunklineError(Exception):
+    """An error answer from the server: its status, code, message and field."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.retry_after = retry_after
+
+
+class ClientError(TrunklineError):
+    """4xx: the request is wrong; the message names the field."""
+
+
+class OverloadedError(TrunklineError):
+    """429 or 503: retry after `retry_after` seconds."""
+
+
+class ServerError(TrunklineError):
+    """5xx other than overload."""
+
+
+@dataclass
+class Receipt:
+    """What actually ran for a request."""
+
+    tasks: dict[str, dict]
+    trunk_width: float
+    flops: int
+    flops_fraction: float
+    budget_requested: str
+    degraded: bool
+    backend: str
+    batch_size: int
+    queue_ms: float
+    compute_ms: float
+
+    def route(self, task: str) -> str:
+        return self.tasks[task]["route"]
+
+
+@dataclass
+class Prediction:
+    model: str
+    outputs: list[dict[str, dict]]  # per instance: task -> output
+    receipt: Receipt
+    raw: dict = field(repr=False, default_factory=dict)
+
+    def labels(self, task: str) -> list[Any]:
+        """Per instance: the label (classification), labels (multi-label) or mask (dense)."""
+        return [o[task].get("label", o[task].get("labels", o[task].get("mask"))) for o in self.outputs]
+
+
+def encode_image(image: ImageLike) -> str | list:
+    """A PNG file path, PNG bytes, or a uint8 array [H, W] -> the wire format."""
+    if isinstance(image, (str, Path)):
+        image = Path(image).read_bytes()
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode()
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        return array.tolist()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        err = body.get("error", {})
+        if isinstance(err, str):
+            err = {"message": err}
+    except ValueError:
+        err = {"message": response.text}
+    retry = response.headers.get("retry-after")
+    args = (
+        response.status_code,
+        err.get("code", "error"),
+        err.get("message", ""),
+        err.get("field"),
+        float(retry) if retry else None,
+    )
+    if response.status_code in (429, 503):
+        raise OverloadedError(*args)
+    if response.status_code >= 500:
+        raise ServerError(*args)
+    raise ClientError(*args)
+
+
+class _RequestBuilder:
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def predict_payload(
+        self,
+        images,
+        task,
+        tasks,
+        budget,
+        min_budget,
+        timeout_ms,
+        latency_ms,
+        task_weights,
+        mask_format,
+        model,
+    ) -> dict:
+        if isinstance(images, (str, Path, bytes)) or (isinstance(images, np.ndarray) and images.ndim == 2):
+            images = [images]
+        body: dict[str, Any] = {"inputs": [{"image": encode_image(im)} for im in images]}
+        if tasks is not None:
+            body["tasks"] = list(tasks)
+        else:
+            body["task"] = task
+        optional = {
+            "budget": budget,
+            "min_budget": min_budget,
+            "timeout_ms": timeout_ms,
+            "latency_ms": latency_ms,
+            "task_weights": task_weights,
+            "mask_format": mask_format,
+            "model": model,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return body
+
+    @staticmethod
+    def prediction(response: httpx.Response) -> Prediction:
+        _raise_for(response)
+        body = response.json()
+        return Prediction(body["model"], body["outputs"], Receipt(**body["route"]), body)
+
+    @staticmethod
+    def json(response: httpx.Response) -> dict:
+        _raise_for(response)
+        return response.json()
+
+
+class Client(_RequestBuilder):
+    """Blocking client. `with Client(url) as c: c.predict(images, task="sum", budget="low")`."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0):
+        super().__init__(url, token)
+        self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+
+    def predict(
+        self,
+        images,
+        task: str | None = None,
+        *,
+        tasks=None,
+        budget=None,
+        min_budget=None,
+        timeout_ms=None,
+        latency_ms=None,
+        task_weights=None,
+        mask_format=None,
+        model=None,
+    ) -> Prediction:
+        payload = self.predict_payload(
+            images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
+        )
+        return self.prediction(self._http.post("/v1/predict", json=payload))
+
+    def models(self) -> list[dict]:
+        return self.json(self._http.get("/v1/models"))["models"]
+
+    def model(self, name: str) -> dict:
+        return self.json(self._http.get(f"/v1/models/{name}"))
+
+    def ready(self) -> bool:
+        return self._http.get("/v2/health/ready").status_code == 200
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient(_RequestBuilder):
+    """Asyncio client with the same methods as `Client`, awaited."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0):
+        super().__init__(url, token)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
+
+    async def predict(
+        self,
+        images,
+        task: str | None = None,
+        *,
+        tasks=None,
+        budget=None,
+        min_budget=None,
+        timeout_ms=None,
+        latency_ms=None,
+        task_weights=None,
+        mask_format=None,
+        model=None,
+    ) -> Prediction:
+        payload = self.predict_payload(
+            images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
+        )
+        return self.prediction(await self._http.post("/v1/predict", json=payload))
+
+    async def models(self) -> list[dict]:
+        return self.json(await self._http.get("/v1/models"))["models"]
+
+    async def model(self, name: str) -> dict:
+        return self.json(await self._http.get(f"/v1/models/{name}"))
+
+    async def ready(self) -> bool:
+        return (await self._http.get("/v2/health/ready")).status_code == 200
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

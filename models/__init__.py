@@ -1,0 +1,1 @@
+"""The task-routed model: trunk, expert layers, slimmable decoders, extraction, training."""

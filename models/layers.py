@@ -1,0 +1,215 @@
+"""Slimmable building blocks.
+
+Every layer holds its full weights, runs at a narrower width by using a prefix of its
+channels (heads, neurons, experts), and hands out that prefix as a new, smaller layer of
+the same class via `slice()`. A sliced layer run at full width equals the full layer run
+at the sliced width, which is what `extract()` relies on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _copy_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
+def _pair_importance(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """Importance of hidden unit j: |incoming row j| * |outgoing column j|."""
+    return w_in.norm(dim=1) * w_out.norm(dim=0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; slimmable by number of heads."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner)
+        self.proj = nn.Linear(inner, dim)
+
+    def _qkv_params(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if heads == self.num_heads:
+            return self.qkv.weight, self.qkv.bias
+        inner, n = self.num_heads * self.head_dim, heads * self.head_dim
+        rows = [slice(i * inner, i * inner + n) for i in range(3)]
+        weight = torch.cat([self.qkv.weight[r] for r in rows])
+        bias = torch.cat([self.qkv.bias[r] for r in rows])
+        return weight, bias
+
+    def forward(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        heads = heads or self.num_heads
+        B, N, _ = x.shape
+        n = heads * self.head_dim
+        weight, bias = self._qkv_params(heads)
+        qkv = F.linear(x, weight, bias).reshape(B, N, 3, heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, n)
+        return F.linear(out, self.proj.weight[:, :n], self.proj.bias)
+
+    def slice(self, heads: int) -> Attention:
+        small = Attention(self.proj.out_features, heads, self.head_dim)
+        small.qkv = _copy_linear(*self._qkv_params(heads))
+        n = heads * self.head_dim
+        small.proj = _copy_linear(self.proj.weight[:, :n], self.proj.bias)
+        return small
+
+    @torch.no_grad()
+    def reorder_(self) -> None:
+        """Sort heads by importance so that every head count is a prefix."""
+        H, d = self.num_heads, self.head_dim
+        w = self.qkv.weight.view(3, H, d, -1)
+        score = w.pow(2).sum(dim=(0, 2, 3)).sqrt()
+        score = score * self.proj.weight.view(-1, H, d).pow(2).sum(dim=(0, 2)).sqrt()
+        order = score.argsort(descending=True)
+        self.qkv.weight.copy_(w[:, order].reshape_as(self.qkv.weight))
+        self.qkv.bias.copy_(self.qkv.bias.view(3, H, d)[:, order].reshape(-1))
+        proj = self.proj.weight.view(-1, H, d)[:, order]
+        self.proj.weight.copy_(proj.reshape_as(self.proj.weight))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP; slimmable by number of hidden neurons."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, hidden: int | None = None) -> torch.Tensor:
+        m = hidden or self.fc1.out_features
+        h = F.gelu(F.linear(x, self.fc1.weight[:m], self.fc1.bias[:m]))
+        return F.linear(h, self.fc2.weight[:, :m], self.fc2.bias)
+
+    def slice(self, hidden: int) -> Mlp:
+        small = Mlp(self.fc1.in_features, hidden)
+        small.fc1 = _copy_linear(self.fc1.weight[:hidden], self.fc1.bias[:hidden])
+        small.fc2 = _copy_linear(self.fc2.weight[:, :hidden], self.fc2.bias)
+        return small
+
+    @torch.no_grad()
+    def reorder_(self) -> None:
+        order = _pair_importance(self.fc1.weight, self.fc2.weight).argsort(descending=True)
+        self.fc1.weight.copy_(self.fc1.weight[order])
+        self.fc1.bias.copy_(self.fc1.bias[order])
+        self.fc2.weight.copy_(self.fc2.weight[:, order])
+
+
+class TaskExperts(nn.Module):
+    """Mixture-of-experts MLP with one gate per task.
+
+    Routing depends on (task, k) only, never on the tokens: a task's path is the k experts
+    its gate ranks highest, weighted by the gate's softmax over those k. So the path is
+    one dense MLP, the experts' hidden layers concatenated with the gate folded into fc2.
+    """
+
+    def __init__(self, dim: int, num_experts: int, hidden: int, num_tasks: int) -> None:
+        super().__init__()
+        self.num_experts, self.hidden = num_experts, hidden
+        bound1, bound2 = 1 / math.sqrt(dim), 1 / math.sqrt(hidden)
+        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, dim).uniform_(-bound1, bound1))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, dim, hidden).uniform_(-bound2, bound2))
+        self.b2 = nn.Parameter(torch.zeros(num_experts, dim))
+        self.gate = nn.Parameter(torch.randn(num_tasks, num_experts))
+
+    def experts_for(self, task: int, k: int) -> list[int]:
+        return self.gate[task].topk(k).indices.tolist()
+
+    def merged(self, task: int, k: int) -> tuple[torch.Tensor, ...]:
+        """The task's k-expert path as one MLP: (fc1.w, fc1.b, fc2.w, fc2.b)."""
+        idx = self.gate[task].topk(k).indices
+        g = self.gate[task, idx].softmax(dim=0)
+        D = self.w1.shape[2]
+        w1 = self.w1[idx].reshape(k * self.hidden, D)
+        b1 = self.b1[idx].reshape(-1)
+        w2 = (self.w2[idx] * g[:, None, None]).permute(1, 0, 2).reshape(D, k * self.hidden)
+        b2 = (self.b2[idx] * g[:, None]).sum(dim=0)
+        return w1, b1, w2, b2
+
+    def forward(self, x: torch.Tensor, task: int, k: int) -> torch.Tensor:
+        w1, b1, w2, b2 = self.merged(task, k)
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+    def slice(self, task: int, k: int) -> Mlp:
+        w1, b1, w2, b2 = self.merged(task, k)
+        small = Mlp(self.w1.shape[2], k * self.hidden)
+        small.fc1 = _copy_linear(w1, b1)
+        small.fc2 = _copy_linear(w2, b2)
+        return small
+
+    def balance_loss(self) -> torch.Tensor:
+        """Low entropy per task (few experts each), high entropy of the mean (all used)."""
+        p = self.gate.softmax(dim=-1)
+        per_task = -(p * p.clamp_min(1e-9).log()).sum(-1).mean()
+        mean = p.mean(0)
+        overall = -(mean * mean.clamp_min(1e-9).log()).sum()
+        return per_task - overall
+
+
+LAYER_SCALE = 0.1  # residual branches start small (CaiT's LayerScale): the stem's features lead early
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with a dense MLP; slimmable by heads and neurons."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.gamma1 = nn.Parameter(torch.full((dim,), LAYER_SCALE))
+        self.gamma2 = nn.Parameter(torch.full((dim,), LAYER_SCALE))
+
+    def forward(self, x: torch.Tensor, heads: int | None = None, hidden: int | None = None):
+        x = x + self.gamma1 * self.attn(self.norm1(x), heads)
+        return x + self.gamma2 * self.mlp(self.norm2(x), hidden)
+
+    def slice(self, heads: int, hidden: int) -> Block:
+        return _assemble_block(self, self.attn.slice(heads), self.mlp.slice(hidden))
+
+
+class MoeBlock(nn.Module):
+    """Pre-LN transformer block whose MLP is a task-gated mixture of experts."""
+
+    def __init__(
+        self, dim: int, heads: int, head_dim: int, num_experts: int, hidden: int, tasks: int
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.experts = TaskExperts(dim, num_experts, hidden, tasks)
+        self.gamma1 = nn.Parameter(torch.full((dim,), LAYER_SCALE))
+        self.gamma2 = nn.Parameter(torch.full((dim,), LAYER_SCALE))
+
+    def forward(self, x: torch.Tensor, task: int, k: int, heads: int | None = None):
+        x = x + self.gamma1 * self.attn(self.norm1(x), heads)
+        return x + self.gamma2 * self.experts(self.norm2(x), task, k)
+
+    def slice(self, task: int, k: int, heads: int) -> Block:
+        return _assemble_block(self, self.attn.slice(heads), self.experts.slice(task, k))
+
+
+def _assemble_block(src: nn.Module, attn: Attention, mlp: Mlp) -> Block:
+    dim = src.norm1.normalized_shape[0]
+    block = Block(dim, attn.num_heads, attn.head_dim, mlp.fc1.out_features)
+    block.attn, block.mlp = attn, mlp
+    block.norm1.load_state_dict(src.norm1.state_dict())
+    block.norm2.load_state_dict(src.norm2.state_dict())
+    with torch.no_grad():
+        block.gamma1.copy_(src.gamma1)
+        block.gamma2.copy_(src.gamma2)
+    return block

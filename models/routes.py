@@ -1,0 +1,92 @@
+"""Routes (which subnetwork runs) and their analytic FLOPs.
+
+A route is (trunk width, experts k, decoder width) for one task, written `w50-k2-d50`.
+FLOPs count 2 per multiply-add of every linear, convolution and attention matmul, per
+sample; norms, activations and additions are left out (they are <1% here).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from models.config import ModelConfig
+
+_ROUTE_ID = re.compile(r"^w(\d+)-k(\d+)-d(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    width: float
+    experts: int
+    decoder_width: float
+
+    @property
+    def id(self) -> str:
+        return f"w{round(self.width * 100)}-k{self.experts}-d{round(self.decoder_width * 100)}"
+
+    @classmethod
+    def parse(cls, route_id: str) -> Route:
+        m = _ROUTE_ID.match(route_id)
+        if not m:
+            raise ValueError(f"malformed route id {route_id!r}, expected like 'w50-k2-d50'")
+        return cls(int(m[1]) / 100, int(m[2]), int(m[3]) / 100)
+
+    def check(self, cfg: ModelConfig) -> None:
+        space = cfg.routes
+        if (
+            self.width not in space.widths
+            or self.experts not in space.experts
+            or self.decoder_width not in space.decoder_widths
+        ):
+            raise ValueError(f"route {self.id} is outside the model's route space {space}")
+
+
+def full_route(cfg: ModelConfig) -> Route:
+    s = cfg.routes
+    return Route(max(s.widths), max(s.experts), max(s.decoder_widths))
+
+
+def all_routes(cfg: ModelConfig) -> list[Route]:
+    s = cfg.routes
+    return sorted(Route(w, k, d) for w in s.widths for k in s.experts for d in s.decoder_widths)
+
+
+def _block_flops(cfg: ModelConfig, heads: int, hidden: int) -> int:
+    N, D, inner = cfg.grid[0] * cfg.grid[1], cfg.dim, heads * cfg.head_dim
+    attn = N * D * 3 * inner + 2 * N * N * inner + N * inner * D
+    return 2 * (attn + 2 * N * D * hidden)
+
+
+def trunk_flops(cfg: ModelConfig, width: float) -> int:
+    sizes = [cfg.input.channels, *(max(1, round(c * width)) for c in cfg.stem.channels), cfg.dim]
+    H, W, stem = cfg.input.height, cfg.input.width, 0
+    for i, s in enumerate(cfg.stem.strides):
+        H, W = H // s, W // s
+        stem += H * W * sizes[i] * sizes[i + 1] * 9  # 3x3 convolutions
+    heads, hidden = round(cfg.heads * width), round(cfg.mlp_hidden * width)
+    return 2 * stem + cfg.trunk_depth * _block_flops(cfg, heads, hidden)
+
+
+def task_flops(cfg: ModelConfig, task: str, route: Route) -> int:
+    """FLOPs of one task's path after the trunk: task-zone blocks and decoder."""
+    spec = cfg.task(task)
+    heads = round(cfg.heads * route.width)
+    zone = cfg.task_depth * _block_flops(cfg, heads, route.experts * cfg.expert_hidden)
+    hid = max(1, round(spec.decoder_hidden * route.decoder_width))
+    if spec.kind == "dense":
+        N, s2 = cfg.grid[0] * cfg.grid[1], cfg.stem.stride**2
+        dec = N * (cfg.dim * hid + hid * spec.num_classes * (1 + s2))
+    else:
+        dec = cfg.dim * hid + hid * spec.num_classes
+    return zone + 2 * dec
+
+
+def request_flops(cfg: ModelConfig, width: float, routes: dict[str, Route]) -> int:
+    """FLOPs per sample of a (multi-)task request: trunk once, then each task's path."""
+    return trunk_flops(cfg, width) + sum(task_flops(cfg, t, r) for t, r in routes.items())
+
+
+def full_flops(cfg: ModelConfig, tasks: list[str]) -> int:
+    full = full_route(cfg)
+    return request_flops(cfg, full.width, {t: full for t in tasks})

@@ -1,0 +1,190 @@
+"""Route tables and resolution: (tasks, budget) -> the plan that runs.
+
+A plan is one trunk width shared by the request's tasks plus one route per task. Among
+plans whose FLOPs fraction fits the budget, the one with the best (weighted) validation
+score wins; ties go to the cheaper plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from models.config import ModelConfig
+from models.routes import Route, full_flops, request_flops, trunk_flops
+from routing.budget import Budget
+
+
+class UnsatisfiableBudget(ValueError):
+    """No route fits: carries the smallest budget the task set accepts."""
+
+    def __init__(self, message: str, smallest: float) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
+@dataclass
+class RouteEntry:
+    """One row of a task's route table, plus latencies measured at server start."""
+
+    task: str
+    route: Route
+    flops: int
+    flops_fraction: float
+    score: float
+    params: int = 0
+    latency_ms: dict[int, float] = field(default_factory=dict)  # batch bucket -> ms (path only)
+
+    @property
+    def id(self) -> str:
+        return self.route.id
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one request runs: the trunk width and each task's route."""
+
+    width: float
+    entries: tuple[RouteEntry, ...]
+    flops: int
+    flops_fraction: float
+    score: float
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return {e.task: e.route for e in self.entries}
+
+    @property
+    def tasks(self) -> list[str]:
+        return [e.task for e in self.entries]
+
+
+class RouteTables:
+    """Per-task route tables of one model, with budget resolution."""
+
+    def __init__(self, cfg: ModelConfig, tables: dict[str, list[dict]]) -> None:
+        self.cfg = cfg
+        self.tables: dict[str, list[RouteEntry]] = {}
+        for task, rows in tables.items():
+            entries = [
+                RouteEntry(
+                    task,
+                    Route.parse(r["id"]),
+                    int(r["flops"]),
+                    float(r["flops_fraction"]),
+                    float(r["score"]),
+                    int(r.get("params", 0)),
+                )
+                for r in rows
+            ]
+            self.tables[task] = sorted(entries, key=lambda e: e.flops)
+        self.trunk_latency_ms: dict[float, dict[int, float]] = {}  # width -> bucket -> ms
+        self._plans = lru_cache(maxsize=256)(self._enumerate)
+
+    @property
+    def widths(self) -> list[float]:
+        return sorted({e.route.width for rows in self.tables.values() for e in rows})
+
+    def entries(self, width: float | None = None) -> list[RouteEntry]:
+        """Every task's route entries, optionally only those at one trunk width."""
+        rows = [e for rows in self.tables.values() for e in rows]
+        return [e for e in rows if width is None or e.route.width == width]
+
+    def entry(self, task: str, route_id: str) -> RouteEntry:
+        for e in self.tables[task]:
+            if e.id == route_id:
+                return e
+        raise KeyError(f"task {task!r} has no route {route_id!r}")
+
+    def _enumerate(self, tasks: tuple[str, ...], weights: tuple[float, ...]) -> list[Plan]:
+        """All plans for a task set, sorted best first (score desc, then FLOPs asc)."""
+        full = full_flops(self.cfg, list(tasks))
+        plans = []
+        for width in self.widths:
+            options = [[e for e in self.tables[t] if e.route.width == width] for t in tasks]
+            for combo in itertools.product(*options):
+                flops = request_flops(self.cfg, width, {e.task: e.route for e in combo})
+                score = sum(w * e.score for w, e in zip(weights, combo)) / sum(weights)
+                plans.append(Plan(width, tuple(combo), flops, flops / full, score))
+        plans.sort(key=lambda p: (-p.score, p.flops))
+        return plans
+
+    def plans(self, tasks: list[str], weights: dict[str, float] | None = None) -> list[Plan]:
+        w = tuple(float((weights or {}).get(t, 1.0)) for t in tasks)
+        return self._plans(tuple(tasks), w)
+
+    def smallest_fraction(self, tasks: list[str]) -> float:
+        return min(p.flops_fraction for p in self.plans(tasks))
+
+    def resolve(self, tasks: list[str], budget: Budget, weights: dict[str, float] | None = None) -> Plan:
+        """The best plan within `budget`; `UnsatisfiableBudget` names the smallest one."""
+        plans = self.plans(tasks, weights)
+        if budget.fraction is None:
+            return min(plans, key=lambda p: (p.flops, -p.score))
+        for plan in plans:
+            if budget.allows(plan.flops_fraction):
+                return plan
+        smallest = self.smallest_fraction(tasks)
+        raise UnsatisfiableBudget(
+            f"budget {budget.label} is below the smallest route of {', '.join(tasks)}: "
+            f"the smallest budget accepted is {smallest:.4f} (or tier 'min')",
+            smallest,
+        )
+
+    def candidates(
+        self, tasks: list[str], budget: Budget, floor: Budget, weights: dict[str, float] | None = None
+    ) -> list[Plan]:
+        """Plans a request may step down to under load, best first: within `budget`, and
+        never worse than the plan `floor` (its `min_budget`) resolves to."""
+        top = self.resolve(tasks, budget, weights)
+        lowest = self.resolve(tasks, floor, weights)
+        return [
+            p
+            for p in self.plans(tasks, weights)
+            if p.flops <= top.flops and p.score <= top.score and p.score >= lowest.score
+        ]
+
+    # -- calibrated latency ------------------------------------------------------------
+    def latency_ms(self, plan: Plan, batch: int = 1) -> float | None:
+        """Calibrated latency of a plan at a batch size (nearest bucket at or above)."""
+        trunk = self.trunk_latency_ms.get(plan.width)
+        if not trunk:
+            return None
+        bucket = _bucket(trunk, batch)
+        return trunk[bucket] + sum(e.latency_ms.get(bucket, 0.0) for e in plan.entries)
+
+    def route_latency_ms(self, entry: RouteEntry, bucket: int) -> float:
+        """Calibrated latency of one task's route alone: its trunk width plus its path."""
+        return self.trunk_latency_ms.get(entry.route.width, {}).get(bucket, 0.0) + entry.latency_ms.get(
+            bucket, 0.0
+        )
+
+    def resolve_latency(
+        self, tasks: list[str], latency_ms: float, budget: Budget, weights: dict[str, float] | None = None
+    ) -> Plan:
+        """The best plan within `budget` whose calibrated batch-1 latency fits."""
+        fitting = [
+            p
+            for p in self.plans(tasks, weights)
+            if budget.allows(p.flops_fraction) and (self.latency_ms(p) or 0.0) <= latency_ms
+        ]
+        if not fitting:
+            fastest = min(self.plans(tasks, weights), key=lambda p: self.latency_ms(p) or 0.0)
+            raise UnsatisfiableBudget(
+                f"latency_ms {latency_ms} is below the fastest route of {', '.join(tasks)} "
+                f"({self.latency_ms(fastest):.2f} ms at batch 1)",
+                fastest.flops_fraction,
+            )
+        return fitting[0]
+
+    def trunk_fraction(self, tasks: list[str], width: float) -> float:
+        return trunk_flops(self.cfg, width) / full_flops(self.cfg, tasks)
+
+
+def _bucket(table: dict[int, float], batch: int) -> int:
+    buckets = sorted(table)
+    for b in buckets:
+        if b >= batch:
+            return b
+    return buckets[-1]

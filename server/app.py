@@ -1,0 +1,81 @@
+"""App factory and lifespan: load the model, start the batcher, calibrate, then ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server import __version__, api_v1, api_v2
+from server.batcher import Batcher
+from server.engine import Engine
+from server.errors import install_handlers
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("trunkline")
+
+
+def start_engine(settings: Settings, metrics: Metrics) -> Engine:
+    engine = Engine(settings)
+    engine.batcher = Batcher(
+        engine.backend,
+        settings.max_batch_size,
+        settings.batch_wait_ms,
+        settings.max_queue,
+        on_batch=lambda size, width: metrics.batch_size.labels(engine.name, str(width)).observe(size),
+    )
+    return engine
+
+
+async def calibrate(engine: Engine) -> None:
+    await asyncio.to_thread(engine.calibrate)
+    engine.ready = True
+    log.info("model %s ready on the %s backend", engine.name, engine.backend.name)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.draining = False
+        engine = await asyncio.to_thread(start_engine, settings, app.state.metrics)
+        app.state.engine = engine
+        engine.batcher.start()
+        calibration = asyncio.create_task(calibrate(engine))
+        try:
+            yield
+        finally:
+            app.state.draining = True  # refuse new work; uvicorn has drained connections
+            calibration.cancel()
+            await asyncio.gather(calibration, return_exceptions=True)
+            await app.state.engine.batcher.stop()
+
+    app = FastAPI(
+        title="Trunkline",
+        version=__version__,
+        description="Budget-routed inference for task-routed multi-task models.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.draining = False
+    install_handlers(app)
+    app.include_router(api_v1.router)
+    app.include_router(api_v2.health)
+    app.include_router(api_v2.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

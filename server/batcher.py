@@ -1,0 +1,182 @@
+"""Dynamic batching keyed by trunk width.
+
+Requests whose plans share a trunk width are stacked into one batch: the trunk runs once,
+then the batch is split by (task, route), each path runs on its rows, and the rows are
+put back in request order. Compute runs on one worker thread, off the event loop; while
+it runs, the next batch fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from routing import Plan
+from server.backends import Backend
+
+
+class QueueFull(RuntimeError):
+    """The queue holds `max_queue` instances: answer 429."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's timeout passed before it could run: answer 503."""
+
+
+@dataclass
+class WorkItem:
+    images: np.ndarray  # uint8 [n, H, W]
+    plan: Plan
+    deadline: float | None = None  # time.monotonic() seconds
+    cost_ms: float = 0.0  # estimated compute share, for backlog estimates
+    enqueued: float = field(default_factory=time.monotonic)
+    future: asyncio.Future | None = None
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]  # task -> probabilities for this item's rows
+    batch_size: int
+    queue_ms: float
+    compute_ms: float
+
+
+def run_batch(backend: Backend, width: float, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+    """Trunk once for the whole batch, then each (task, route) path on its rows."""
+    images = np.concatenate([it.images for it in items]).astype(np.float32)
+    images = (images * np.float32(1 / 255))[:, None]
+    tokens = backend.run_trunk(width, images)
+    rows: dict[tuple, list[int]] = defaultdict(list)
+    offsets = np.cumsum([0] + [len(it.images) for it in items])
+    for i, it in enumerate(items):
+        for entry in it.plan.entries:
+            rows[(entry.task, entry.route)].extend(range(offsets[i], offsets[i + 1]))
+    per_path = {}
+    for (task, route), idx in rows.items():
+        idx = np.asarray(idx)
+        per_path[(task, route)] = (idx, backend.run_path(task, route, tokens[idx], images[idx]))
+    results = []
+    for i, it in enumerate(items):
+        out = {}
+        for entry in it.plan.entries:
+            idx, probs = per_path[(entry.task, entry.route)]
+            start = int(np.searchsorted(idx, offsets[i]))
+            out[entry.task] = probs[start : start + len(it.images)]
+        results.append(out)
+    return results
+
+
+class Batcher:
+    def __init__(
+        self, backend: Backend, max_batch_size: int, batch_wait_ms: float, max_queue: int, on_batch=None
+    ) -> None:
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch  # callback(batch_size, width) for metrics
+        self.queues: dict[float, deque[WorkItem]] = defaultdict(deque)
+        self.queued = 0  # instances waiting
+        self.queued_cost_ms = 0.0
+        self.busy_until = 0.0  # monotonic estimate of when the running batch ends
+        self.in_flight = 0  # requests submitted and not yet answered
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trunkline-compute")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    def backlog_ms(self) -> float:
+        """Estimated time until a request submitted now would start computing."""
+        running = max(0.0, self.busy_until - time.monotonic()) * 1000
+        return running + self.queued_cost_ms
+
+    async def submit(self, item: WorkItem) -> BatchResult:
+        n = len(item.images)
+        if self.queued + n > self.max_queue:
+            raise QueueFull(f"queue is full ({self.queued} of {self.max_queue} instances waiting)")
+        item.future = asyncio.get_running_loop().create_future()
+        self.queues[item.plan.width].append(item)
+        self.queued += n
+        self.queued_cost_ms += item.cost_ms
+        self.in_flight += 1
+        self._wakeup.set()
+        try:
+            return await item.future
+        finally:
+            self.in_flight -= 1
+
+    def _next_width(self) -> float | None:
+        heads = [(q[0].enqueued, w) for w, q in self.queues.items() if q]
+        return min(heads)[1] if heads else None
+
+    def _take(self, width: float) -> list[WorkItem]:
+        queue, items, size = self.queues[width], [], 0
+        while queue and (not items or size + len(queue[0].images) <= self.max_batch_size):
+            item = queue.popleft()
+            self.queued -= len(item.images)
+            self.queued_cost_ms -= item.cost_ms
+            if item.future.done():  # cancelled by a disconnected client
+                continue
+            if item.deadline is not None and time.monotonic() > item.deadline:
+                item.future.set_exception(DeadlineExceeded("timed out waiting in the queue"))
+                continue
+            items.append(item)
+            size += len(item.images)
+        return items
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            width = self._next_width()
+            if width is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # let a batch fill for up to batch_wait after its oldest request arrived
+            queue = self.queues[width]
+            wait = queue[0].enqueued + self.batch_wait - time.monotonic()
+            if wait > 0 and sum(len(i.images) for i in queue) < self.max_batch_size:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                continue
+            items = self._take(width)
+            if not items:
+                continue
+            await self._run(loop, width, items)
+
+    async def _run(self, loop, width: float, items: list[WorkItem]) -> None:
+        size = sum(len(i.images) for i in items)
+        self.busy_until = time.monotonic() + sum(i.cost_ms for i in items) / 1000
+        started = time.monotonic()
+        try:
+            outputs = await loop.run_in_executor(self._executor, run_batch, self.backend, width, items)
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        finally:
+            self.busy_until = 0.0
+        compute_ms = (time.monotonic() - started) * 1000
+        if self.on_batch:
+            self.on_batch(size, width)
+        for it, out in zip(items, outputs):
+            if not it.future.done():
+                queue_ms = (started - it.enqueued) * 1000
+                it.future.set_result(BatchResult(out, size, queue_ms, compute_ms))

@@ -1,0 +1,138 @@
+"""`trunkline` command line: serve, train, eval, export, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from models.train import train
+
+    overrides = {
+        k: v
+        for k, v in (("full_steps", args.full_steps), ("sandwich_steps", args.sandwich_steps))
+        if v is not None
+    }
+    print(json.dumps(train(args.recipe, args.out, **overrides), indent=2))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from models import checkpoint
+    from models.data import make_scenes
+    from models.evaluate import evaluate
+    from models.routes import Route
+    from models.train import TEST_SEED
+    from routing import Budget, RouteTables
+
+    model, tables = checkpoint.load(args.model)
+    scenes = make_scenes(args.scenes, "test", seed=TEST_SEED)
+    routing = RouteTables(model.cfg, tables)
+    result = {}
+    for task, rows in tables.items():
+        spec = model.cfg.task(task)
+        if args.budget is not None:
+            rows = [
+                r for r in rows if r["id"] == routing.resolve([task], Budget.parse(args.budget)).entries[0].id
+            ]
+        result[task] = []
+        for row in rows:
+            module = model.extract({task: Route.parse(row["id"])})
+            score = evaluate(module, scenes, {task: (spec.kind, spec.num_classes)})[task]
+            result[task].append(
+                {
+                    "route": row["id"],
+                    "flops_fraction": row["flops_fraction"],
+                    "metric": row.get("metric"),
+                    "validation": row["score"],
+                    "test": round(score, 4),
+                }
+            )
+    print(json.dumps({"model": model.cfg.name, "test_scenes": args.scenes, "tasks": result}, indent=2))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from models import checkpoint
+    from models.export import export_routes
+    from models.routes import Route
+
+    model, tables = checkpoint.load(args.model)
+    routes = {t: [Route.parse(r["id"]) for r in rows] for t, rows in tables.items()}
+    out = Path(args.out or checkpoint.resolve(args.model) / "onnx")
+    written = export_routes(model, routes, out, force=True)
+    print(f"wrote {len(written)} ONNX graphs to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="trunkline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP")
+    p.add_argument("--model", help="checkpoint directory or bundled name (default mnist-scenes)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-batch-size", dest="max_batch_size", type=int)
+    p.add_argument("--default-budget", dest="default_budget")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("train", help="train a model from a recipe")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--full-steps", type=int)
+    p.add_argument("--sandwich-steps", type=int)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="test metrics of every route, as JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--budget", help="only the route each task resolves to at this budget")
+    p.add_argument("--scenes", type=int, default=2000)
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export every route to ONNX")
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="directory (default: <checkpoint>/onnx)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="send images to a server (the client)", add_help=False)
+    p.set_defaults(func=None)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "predict":
+        from clients.cli import main as predict_main
+
+        argv = sys.argv[1:] if argv is None else argv
+        sys.exit(predict_main(argv[argv.index("predict") + 1 :]))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Shared fixtures; `server` is a real `trunkline serve` subprocess on 127.0.0.1 and a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, backend: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {
+            **os.environ,
+            "TRUNKLINE_BACKEND": backend,
+            "TRUNKLINE_PORT": str(self.port),
+            "TRUNKLINE_BATCH_BUCKETS": "[1,8,64]",
+            "TRUNKLINE_CALIBRATION_ROUNDS": "1",
+            "TRUNKLINE_THREADS": "1",
+            "TRUNKLINE_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=environ)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = RunningServer("torch")
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def onnx_server(tmp_path_factory):
+    s = RunningServer("onnxruntime", TRUNKLINE_ONNX_DIR=str(tmp_path_factory.mktemp("onnx")))
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def scenes():
+    from models.data import make_scenes
+
+    return make_scenes(16, "test", seed=123)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(2)
