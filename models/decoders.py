@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig, TaskSpec
-from models.layers import _copy_linear, _pair_importance
+from models.layers import _copy_linear, reorder_hidden_
 
 
 class _HiddenMlpHead(nn.Module):
@@ -35,12 +35,8 @@ class _HiddenMlpHead(nn.Module):
         small.fc2 = _copy_linear(self.fc2.weight[:, :m], self.fc2.bias)
         return small
 
-    @torch.no_grad()
     def reorder_(self) -> None:
-        order = _pair_importance(self.fc1.weight, self.fc2.weight).argsort(descending=True)
-        self.fc1.weight.copy_(self.fc1.weight[order])
-        self.fc1.bias.copy_(self.fc1.bias[order])
-        self.fc2.weight.copy_(self.fc2.weight[:, order])
+        reorder_hidden_(self.fc1, self.fc2)
 
 
 class ClassificationHead(_HiddenMlpHead):

@@ -23,9 +23,14 @@ def _copy_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return layer
 
 
-def _pair_importance(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-    """Importance of hidden unit j: |incoming row j| * |outgoing column j|."""
-    return w_in.norm(dim=1) * w_out.norm(dim=0)
+@torch.no_grad()
+def reorder_hidden_(fc1: nn.Linear, fc2: nn.Linear) -> None:
+    """Sort the hidden units between fc1 and fc2 by importance, |row j of fc1| * |column j
+    of fc2|, so that every narrower hidden width is a prefix."""
+    order = (fc1.weight.norm(dim=1) * fc2.weight.norm(dim=0)).argsort(descending=True)
+    fc1.weight.copy_(fc1.weight[order])
+    fc1.bias.copy_(fc1.bias[order])
+    fc2.weight.copy_(fc2.weight[:, order])
 
 
 class Attention(nn.Module):
@@ -98,12 +103,8 @@ class Mlp(nn.Module):
         small.fc2 = _copy_linear(self.fc2.weight[:, :hidden], self.fc2.bias)
         return small
 
-    @torch.no_grad()
     def reorder_(self) -> None:
-        order = _pair_importance(self.fc1.weight, self.fc2.weight).argsort(descending=True)
-        self.fc1.weight.copy_(self.fc1.weight[order])
-        self.fc1.bias.copy_(self.fc1.bias[order])
-        self.fc2.weight.copy_(self.fc2.weight[:, order])
+        reorder_hidden_(self.fc1, self.fc2)
 
 
 class TaskExperts(nn.Module):

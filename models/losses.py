@@ -21,3 +21,8 @@ def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> tor
     q = F.softmax(teacher, dim=dim)
     kl = (q * (q.clamp_min(1e-8).log() - log_p)).sum(dim=dim)
     return kl.mean()
+
+
+def feature_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE to the full route's trunk tokens, relative to their variance (scale-free)."""
+    return F.mse_loss(student, teacher) / teacher.var().clamp_min(1e-6)

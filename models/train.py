@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from models import checkpoint
 from models.config import ModelConfig, mnist_scenes_config
 from models.data import make_scenes
 from models.evaluate import build_route_tables, evaluate, images_to_tensor, route_scores
-from models.losses import distill_loss, task_loss
+from models.losses import distill_loss, feature_distill_loss, task_loss
 from models.model import TaskRoutedModel
 from models.routes import Route, all_routes, full_route
 
@@ -31,13 +32,15 @@ class Recipe:
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     batch_size: int = 128
     full_steps: int = 2000
-    sandwich_steps: int = 600
+    sandwich_steps: int = 500
     random_routes: int = 2
-    lr: float = 1.5e-3
-    sandwich_lr: float = 7e-4
+    lr: float = 2e-3
+    sandwich_lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup_steps: int = 150
+    warmup_steps: int = 200
     balance_weight: float = 0.02
+    # the per-pixel segment loss is what teaches the trunk digit identity fastest
+    task_weights: dict = field(default_factory=lambda: {"segment": 3.0})
     distill_weight: float = 0.5  # student loss = (1 - w) * truth + w * distillation
     feature_weight: float = 1.0
     val_scenes: int = 1000
@@ -90,7 +93,7 @@ def _batch(recipe: Recipe, step: int, phase: int) -> tuple[torch.Tensor, dict[st
     return images_to_tensor(scenes.images), targets
 
 
-def _task_losses(model, tokens, image, targets, route, teacher=None, distill_weight=0.0):
+def _task_losses(model, tokens, image, targets, route, weights, teacher=None, distill_weight=0.0):
     """Sum over tasks of truth (and distillation) losses; also returns the logits.
 
     The batch is split by task after the trunk (task i takes rows i, i+T, ...): every
@@ -105,7 +108,7 @@ def _task_losses(model, tokens, image, targets, route, teacher=None, distill_wei
         loss = task_loss(kind, out, targets[task][i::T])
         if teacher is not None:
             loss = (1 - distill_weight) * loss + distill_weight * distill_loss(kind, out, teacher[task])
-        total = total + loss
+        total = total + weights.get(task, 1.0) * loss
         logits[task] = out.detach()
     return total, logits
 
@@ -153,7 +156,7 @@ class Trainer:
                 g["lr"] = _lr_at(step, r.full_steps, r.lr, r.warmup_steps)
             image, targets = _batch(r, step, phase=1)
             tokens = self.model.forward_trunk(image, route.width)
-            loss, _ = _task_losses(self.model, tokens, image, targets, route)
+            loss, _ = _task_losses(self.model, tokens, image, targets, route, r.task_weights)
             loss = loss + r.balance_weight * self.model.balance_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -192,7 +195,7 @@ class Trainer:
             image, targets = _batch(r, step, phase=3)
             opt.zero_grad(set_to_none=True)
             tokens = self.model.forward_trunk(image, full.width)
-            loss, teacher = _task_losses(self.model, tokens, image, targets, full)
+            loss, teacher = _task_losses(self.model, tokens, image, targets, full, r.task_weights)
             loss = loss + r.balance_weight * self.model.balance_loss()
             loss.backward()
             teacher_tokens = tokens.detach()
@@ -200,8 +203,10 @@ class Trainer:
             students = [smallest] + rng.sample(routes[1:-1], r.random_routes)
             for route in students:
                 tokens = self.model.forward_trunk(image, route.width)
-                loss, _ = _task_losses(self.model, tokens, image, targets, route, teacher, r.distill_weight)
-                loss = loss + r.feature_weight * torch.nn.functional.mse_loss(tokens, teacher_tokens)
+                loss, _ = _task_losses(
+                    self.model, tokens, image, targets, route, r.task_weights, teacher, r.distill_weight
+                )
+                loss = loss + r.feature_weight * feature_distill_loss(tokens, teacher_tokens)
                 loss.backward()
                 total += loss.item()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -295,6 +300,7 @@ def train(recipe_name: str, out: str | Path, **overrides) -> dict:
         setattr(recipe, key, value)
     trainer = Trainer(recipe, Path(out))
     trainer.train_full()
+    save_file(trainer.model.state_dict(), trainer.out / "full-phase.safetensors")  # resumable
     trainer.model.reorder_by_importance()
     trainer.log(phase="reorder")
     trainer.train_sandwich()

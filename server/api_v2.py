@@ -3,6 +3,7 @@ extension, so that Triton's and KServe's clients work unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -10,10 +11,12 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from models.checkpoint import CheckpointError
 from server import __version__
 from server.deps import body_bytes, check_model, ready_engine, require_auth, serve_request
 from server.engine import Engine
 from server.errors import APIError, loads, parse_model
+from server.lifecycle import reload_engine
 from server.responses import json_response
 from server.schemas import InferRequest
 
@@ -78,6 +81,30 @@ def model_ready(model: str, request: Request, version: str = "1") -> Response:
     engine = check_model(request.app.state.engine, model)
     ok = engine.ready and not request.app.state.draining
     return json_response({"name": engine.name, "ready": ok}, status=200 if ok else 503)
+
+
+@router.post("/repository/index")
+def repository_index(request: Request) -> list[dict]:
+    engine = request.app.state.engine
+    return [{"name": engine.name, "version": "1", "state": "READY" if engine.ready else "LOADING"}]
+
+
+@router.post("/repository/models/{model}/load")
+async def load_model(model: str, request: Request) -> Response:
+    """Re-read the served checkpoint from disk and swap it in atomically (Triton's
+    model-repository extension); other paths cannot be loaded over HTTP."""
+    check_model(request.app.state.engine, model)
+    lock: asyncio.Lock = request.app.state.reload_lock
+    if lock.locked():
+        raise APIError("model", f"model {model!r} is already being reloaded", 409, "reload_in_progress")
+    async with lock:
+        try:
+            engine = await reload_engine(request.app)
+        except CheckpointError as e:
+            raise APIError(
+                "model", f"reload failed, still serving the previous model: {e}", 422, "invalid_checkpoint"
+            ) from None
+    return json_response({"name": engine.name, "ready": engine.ready})
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[object, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -11,31 +10,10 @@ from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server import __version__, api_v1, api_v2
-from server.batcher import Batcher
-from server.engine import Engine
 from server.errors import install_handlers
+from server.lifecycle import calibrate, start_engine
 from server.metrics import Metrics
 from server.settings import Settings
-
-log = logging.getLogger("trunkline")
-
-
-def start_engine(settings: Settings, metrics: Metrics) -> Engine:
-    engine = Engine(settings)
-    engine.batcher = Batcher(
-        engine.backend,
-        settings.max_batch_size,
-        settings.batch_wait_ms,
-        settings.max_queue,
-        on_batch=lambda size, width: metrics.batch_size.labels(engine.name, str(width)).observe(size),
-    )
-    return engine
-
-
-async def calibrate(engine: Engine) -> None:
-    await asyncio.to_thread(engine.calibrate)
-    engine.ready = True
-    log.info("model %s ready on the %s backend", engine.name, engine.backend.name)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.draining = False
+        app.state.reload_lock = asyncio.Lock()
         engine = await asyncio.to_thread(start_engine, settings, app.state.metrics)
         app.state.engine = engine
         engine.batcher.start()

@@ -50,6 +50,9 @@ class Engine:
         routes = {t: [e.route for e in rows] for t, rows in self.tables.tables.items()}
         self.backend = create_backend(settings.backend, model, routes, settings)
         self.default_budget = Budget.parse(settings.default_budget)
+        self.experts = {
+            (t, k): model.experts(t, k) for t in self.cfg.task_names for k in self.cfg.routes.experts
+        }
         self.batcher: Batcher | None = None
         self.ready = False
 
@@ -163,7 +166,7 @@ class Engine:
             "tasks": {
                 e.task: {
                     "route": e.id,
-                    "experts": self.model.experts(e.task, e.route.experts),
+                    "experts": self.experts[(e.task, e.route.experts)],
                     "experts_k": e.route.experts,
                     "decoder_width": e.route.decoder_width,
                     "score": e.score,

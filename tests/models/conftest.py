@@ -5,25 +5,14 @@ from models.config import mnist_scenes_config
 from models.evaluate import build_route_tables
 from models.model import TaskRoutedModel
 from models.routes import all_routes
-
-TINY = {
-    "dim": 32,
-    "heads": 4,
-    "head_dim": 8,
-    "mlp_hidden": 64,
-    "trunk_depth": 1,
-    "task_depth": 1,
-    "num_experts": 4,
-    "expert_hidden": 16,
-    "stem": {"channels": [8, 16], "strides": [2, 2, 2]},
-}
+from models.train import RECIPES
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
     """An untrained small model with route tables made up from FLOPs (cheap)."""
     torch.manual_seed(0)
-    model = TaskRoutedModel(mnist_scenes_config(**TINY)).eval()
+    model = TaskRoutedModel(mnist_scenes_config(**RECIPES["mnist-scenes-tiny"].model)).eval()
     routes = all_routes(model.cfg)
     scores = {t: {r: i / len(routes) for i, r in enumerate(routes)} for t in model.cfg.task_names}
     return model, build_route_tables(model, scores)
