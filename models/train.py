@@ -7,7 +7,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +56,22 @@ RECIPES = {
     "mnist-scenes-tiny": Recipe(
         name="mnist-scenes-tiny",
         model={
-            "dim": 32,
+            "dim": 64,
             "heads": 4,
-            "head_dim": 8,
-            "mlp_hidden": 64,
+            "head_dim": 16,
+            "mlp_hidden": 128,
             "trunk_depth": 1,
             "task_depth": 1,
             "num_experts": 4,
-            "expert_hidden": 16,
-            "stem": {"channels": [8, 16], "strides": [2, 2, 2]},
+            "expert_hidden": 32,
+            "stem": {"channels": [8, 16, 32], "strides": [2, 2, 1, 2]},
         },
         batch_size=64,
-        full_steps=150,
+        full_steps=400,
         sandwich_steps=60,
-        lr=4e-3,
-        sandwich_lr=2e-3,
-        warmup_steps=20,
+        lr=3e-3,
+        sandwich_lr=1e-3,
+        warmup_steps=40,
         val_scenes=200,
         test_scenes=400,
         log_every=50,
@@ -295,9 +295,7 @@ def render_card(cfg: ModelConfig, recipe: Recipe, tables: dict, test: dict, minu
 def train(recipe_name: str, out: str | Path, **overrides) -> dict:
     if recipe_name not in RECIPES:
         raise ValueError(f"unknown recipe {recipe_name!r}; known: {sorted(RECIPES)}")
-    recipe = RECIPES[recipe_name]
-    for key, value in overrides.items():
-        setattr(recipe, key, value)
+    recipe = replace(RECIPES[recipe_name], **overrides)
     trainer = Trainer(recipe, Path(out))
     trainer.train_full()
     save_file(trainer.model.state_dict(), trainer.out / "full-phase.safetensors")  # resumable

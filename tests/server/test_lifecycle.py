@@ -19,8 +19,12 @@ def in_flight(url: str) -> float:
 
 
 def test_ready_after_calibration_and_graceful_drain(scenes):
-    s = RunningServer("torch", TRUNKLINE_BATCH_BUCKETS="[1,8,64]", TRUNKLINE_CALIBRATION_ROUNDS="3",
-                      TRUNKLINE_LOG_LEVEL="info")
+    s = RunningServer(
+        "torch",
+        TRUNKLINE_BATCH_BUCKETS="[1,8,64]",
+        TRUNKLINE_CALIBRATION_ROUNDS="3",
+        TRUNKLINE_LOG_LEVEL="info",
+    )
     try:
         saw_not_ready = False
         deadline = time.monotonic() + 300
