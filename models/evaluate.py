@@ -87,20 +87,30 @@ def route_scores(model: TaskRoutedModel, scenes: Scenes) -> dict[str, dict[Route
     return scores
 
 
+TIER_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # the budget tiers low, medium, high, max
+
+
 def pareto_frontier(points: dict[Route, tuple[int, float]]) -> list[Route]:
     """Routes not dominated by a cheaper-or-equal route with a better-or-equal score,
-    cheapest first, so scores rise along the result. The most expensive route is always
-    kept (tier `max` means the full model, even when a cheaper route ties it)."""
+    cheapest first, so scores never fall along the result.
+
+    Each tier's ceiling (a FLOPs fraction of 0.25, 0.5, 0.75, 1) also keeps its best route,
+    ties going to the larger route: a task that saturates early (scores tie from the smallest
+    route up) still gets a route per tier, and tier `max` always means the full model.
+    """
     ordered = sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
-    frontier: list[Route] = []
+    keep: set[Route] = set()
     best = -1.0
     for route, (_, score) in ordered:
         if score > best:
-            frontier.append(route)
+            keep.add(route)
             best = score
-    if ordered[-1][0] not in frontier:
-        frontier.append(ordered[-1][0])
-    return frontier
+    full = ordered[-1][1][0]
+    for ceiling in TIER_FRACTIONS:
+        within = [(score, flops, route) for route, (flops, score) in ordered if flops <= ceiling * full + 1]
+        if within:
+            keep.add(max(within, key=lambda x: (x[0], x[1]))[2])
+    return [route for route, _ in ordered if route in keep]
 
 
 def build_route_tables(

@@ -31,11 +31,11 @@ class Recipe:
     name: str = "mnist-scenes"
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     batch_size: int = 128
-    full_steps: int = 2000
-    sandwich_steps: int = 500
+    full_steps: int = 3500
+    sandwich_steps: int = 1600
     random_routes: int = 2
     lr: float = 2e-3
-    sandwich_lr: float = 5e-4
+    sandwich_lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 200
     balance_weight: float = 0.02
@@ -220,6 +220,7 @@ class Trainer:
                     loss=running / r.log_every,
                     val_smallest=self.quick_val(smallest),
                 )
+                running = 0.0
                 self.model.train()
 
     def finish(self) -> dict:

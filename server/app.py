@@ -16,7 +16,13 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, calibrate_before_serving: bool = False) -> FastAPI:
+    """The Trunkline ASGI app.
+
+    Under uvicorn the app serves (live, not ready) while it calibrates. Replicas managed by an
+    engine that routes only to started replicas (Ray Serve) pass `calibrate_before_serving`, so
+    that startup returns once the model is calibrated and ready.
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -27,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         engine.batcher.start()
         calibration = asyncio.create_task(calibrate(engine))
+        if calibrate_before_serving:
+            await calibration
         try:
             yield
         finally:

@@ -58,7 +58,7 @@ def test_config_with_unknown_field(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["trust_remote_code"] = True
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="config.json is invalid.*trust_remote_code"):
+    with pytest.raises(CheckpointError, match=r"(?s)config.json is invalid.*trust_remote_code"):
         checkpoint.load(ckpt)
 
 

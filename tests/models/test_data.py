@@ -50,14 +50,15 @@ def test_labels_cells_jitter_and_mask_follow_the_spec():
 
 
 def _find_placement(canvas: np.ndarray, digit: np.ndarray):
-    """A cell origin + jitter where the canvas is >= the digit everywhere it lands."""
+    """A cell origin + jitter where the canvas is >= the digit everywhere it lands (the
+    part of the digit clipped off the canvas is at most three rows or columns)."""
     for r0, c0 in CELL_ORIGINS:
         for dy in range(-JITTER, JITTER + 1):
             for dx in range(-JITTER, JITTER + 1):
                 r, c = r0 + dy, c0 + dx
                 rs, cs = slice(max(r, 0), min(r + 28, 56)), slice(max(c, 0), min(c + 28, 56))
                 patch = digit[rs.start - r : rs.stop - r, cs.start - c : cs.stop - c]
-                if (canvas[rs, cs] >= patch).all() and (patch > 0).sum() == (digit > 0).sum():
+                if (canvas[rs, cs] >= patch).all() and (patch > 0).sum() >= 0.75 * (digit > 0).sum():
                     return r, c
     return None
 

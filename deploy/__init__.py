@@ -1,0 +1,1 @@
+"""Deployment: Ray Serve application, Kubernetes manifests and the container smoke test."""

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Container smoke test: build the image from the repo's Dockerfile, run it, wait until ready,
+# check /v1/predict and /v2/models/<model>/infer answers and receipts, stop it, clean up.
+#
+# Works without a Docker engine or registry access: podman with runc, the vfs storage driver
+# and cgroupfs; a local Debian base image made with debootstrap (or BASE_IMAGE=<image> to use
+# one you can pull); pip inside the build installs from a wheelhouse built on the host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+TAG=localhost/trunkline:smoke
+BASE=${BASE_IMAGE:-}
+PORT=${PORT:-18080}
+NAME=trunkline-smoke-$$
+WORK=$(mktemp -d /tmp/trunkline-smoke.XXXXXX)
+WHEELS=build/wheels
+PODMAN=(podman --storage-driver vfs --cgroup-manager cgroupfs --runtime runc --events-backend file)
+started=$(date +%s)
+
+fail() {
+    echo "!!!!!!!! CONTAINER SMOKE TEST FAILED: $* !!!!!!!!" >&2
+    exit 1
+}
+step() { echo "--- [$(($(date +%s) - started))s] $*"; }
+
+cleanup() {
+    "${PODMAN[@]}" rm -f "$NAME" >/dev/null 2>&1 || true
+    "${PODMAN[@]}" rmi -f "$TAG" >/dev/null 2>&1 || true
+    [ -z "${BASE_IMAGE:-}" ] && "${PODMAN[@]}" rmi -f localhost/trunkline-base:bookworm >/dev/null 2>&1 || true
+    "${PODMAN[@]}" image prune -f >/dev/null 2>&1 || true
+    rm -rf "$WORK" "$WHEELS"
+}
+trap cleanup EXIT
+
+step "tools"
+if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v runc >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq || true
+        apt-get install -y -qq podman buildah debootstrap runc >/dev/null \
+            || fail "podman/buildah/debootstrap/runc could not be installed with apt-get"
+    else
+        fail "podman, debootstrap and runc are needed (Debian: apt-get install podman buildah debootstrap runc)"
+    fi
+fi
+podman --version
+
+if [ -z "$BASE" ]; then
+    step "base image: debootstrap Debian bookworm with python3"
+    BASE=localhost/trunkline-base:bookworm
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log"; fail "debootstrap failed"; }
+    rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb "$WORK"/rootfs/var/lib/apt/lists/* \
+        "$WORK"/rootfs/usr/share/doc "$WORK"/rootfs/usr/share/man "$WORK"/rootfs/usr/share/locale
+    tar -C "$WORK/rootfs" -c . | "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+fi
+
+step "wheelhouse for the offline build"
+rm -rf "$WHEELS"
+"$PYTHON" -m pip download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=68" wheel
+"$PYTHON" -m pip wheel -q -w "$WHEELS" .
+rm -f "$WHEELS"/trunkline-*.whl  # the image builds trunkline from the source it copies
+
+step "build $TAG from ./Dockerfile"
+"${PODMAN[@]}" build --format docker --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    --build-arg BASE_IMAGE="$BASE" --build-arg WHEELHOUSE="$WHEELS" -t "$TAG" -f Dockerfile . \
+    || fail "image build failed"
+size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$TAG")
+echo "image size: $((size / 1000000)) MB"
+
+step "run"
+"${PODMAN[@]}" run -d --name "$NAME" --network host \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    -e TRUNKLINE_PORT="$PORT" -e TRUNKLINE_BATCH_BUCKETS='[1,8]' -e TRUNKLINE_CALIBRATION_ROUNDS=1 \
+    "$TAG" >/dev/null || fail "container did not start"
+for _ in $(seq 240); do
+    if curl -fsS "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1; then break; fi
+    [ "$("${PODMAN[@]}" inspect --format '{{.State.Running}}' "$NAME")" = true ] \
+        || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "container exited"; }
+    sleep 1
+done
+curl -fsS "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null \
+    || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "container never became ready"; }
+"${PODMAN[@]}" healthcheck run "$NAME" && echo "HEALTHCHECK: healthy"
+echo "runs as: $("${PODMAN[@]}" exec "$NAME" id)"
+
+step "requests"
+"$PYTHON" deploy/smoke_check.py "http://127.0.0.1:$PORT" || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "wrong answers"; }
+
+step "stop (SIGTERM drains)"
+"${PODMAN[@]}" stop -t 30 "$NAME" >/dev/null
+echo "container exit code: $("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$NAME")"
+step "CONTAINER SMOKE TEST PASSED"

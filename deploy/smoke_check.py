@@ -1,0 +1,59 @@
+"""Check a running Trunkline server from outside: /v1/predict and the OIP infer endpoint
+answer test scenes correctly, with a receipt of what ran.  Used by container_smoke.sh.
+
+    python deploy/smoke_check.py http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+import numpy as np
+
+from clients import Client
+from models.data import make_scenes
+
+MODEL = "mnist-scenes"
+
+
+def main(url: str) -> None:
+    scenes = make_scenes(8, "test", seed=7)
+    with Client(url, timeout=60) as client:
+        result = client.predict(list(scenes.images), tasks=["count", "sum"], budget="max")
+        counts = [int(o["count"]["label"]) for o in result.outputs]
+        assert counts == [int(c) + 1 for c in scenes.count], (counts, scenes.count)
+        sums = [int(o["sum"]["label"]) for o in result.outputs]
+        assert np.mean(np.array(sums) == scenes.sum) >= 0.5, (sums, scenes.sum)
+        receipt = result.route
+        assert set(receipt.tasks) == {"count", "sum"} and receipt.flops > 0, receipt
+        assert receipt.flops_fraction <= 1.0 and receipt.backend == "torch", receipt
+        low = client.predict(list(scenes.images[:1]), task="count", budget="low").route
+        assert low.flops_fraction <= 0.25, low
+        print(f"/v1/predict ok: counts {counts}, receipt {receipt.tasks}, low tier {low.flops_fraction:.3f}")
+
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(scenes.images), 56, 56],
+                "datatype": "UINT8",
+                "data": scenes.images.reshape(-1).tolist(),
+            }
+        ],
+        "outputs": [{"name": "count_label"}],
+        "parameters": {"task": "count", "budget": "medium"},
+    }
+    r = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    out = {o["name"]: o for o in answer["outputs"]}
+    labels = np.array(out["count_label"]["data"])
+    assert (labels == scenes.count).all(), (labels, scenes.count)
+    receipt = answer["parameters"]
+    assert receipt["flops_fraction"] <= 0.5, receipt
+    print(f"/v2/models/{MODEL}/infer ok: receipt flops_fraction {receipt['flops_fraction']:.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000")
