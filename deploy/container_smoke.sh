@@ -58,13 +58,17 @@ if [ -z "$BASE" ]; then
 fi
 
 step "wheelhouse for the offline build"
+pip_quiet() {  # pip, without the noise of index locations this machine's pip.conf lists
+    "$PYTHON" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 rm -rf "$WHEELS"
-"$PYTHON" -m pip download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=68" wheel
-"$PYTHON" -m pip wheel -q -w "$WHEELS" .
+pip_quiet download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=68" wheel
+pip_quiet wheel -q -w "$WHEELS" .
 rm -f "$WHEELS"/trunkline-*.whl  # the image builds trunkline from the source it copies
 
 step "build $TAG from ./Dockerfile"
-"${PODMAN[@]}" build --format docker --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+# --layers=false: with the vfs driver every committed layer is a full copy of the tree
+"${PODMAN[@]}" build --layers=false --format docker --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
     --build-arg BASE_IMAGE="$BASE" --build-arg WHEELHOUSE="$WHEELS" -t "$TAG" -f Dockerfile . \
     || fail "image build failed"
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$TAG")

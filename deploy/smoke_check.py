@@ -21,14 +21,14 @@ def main(url: str) -> None:
     scenes = make_scenes(8, "test", seed=7)
     with Client(url, timeout=60) as client:
         result = client.predict(list(scenes.images), tasks=["count", "sum"], budget="max")
-        counts = [int(o["count"]["label"]) for o in result.outputs]
+        counts = [int(label) for label in result.labels("count")]
         assert counts == [int(c) + 1 for c in scenes.count], (counts, scenes.count)
-        sums = [int(o["sum"]["label"]) for o in result.outputs]
+        sums = [int(label) for label in result.labels("sum")]
         assert np.mean(np.array(sums) == scenes.sum) >= 0.5, (sums, scenes.sum)
-        receipt = result.route
+        receipt = result.receipt
         assert set(receipt.tasks) == {"count", "sum"} and receipt.flops > 0, receipt
         assert receipt.flops_fraction <= 1.0 and receipt.backend == "torch", receipt
-        low = client.predict(list(scenes.images[:1]), task="count", budget="low").route
+        low = client.predict(list(scenes.images[:1]), task="count", budget="low").receipt
         assert low.flops_fraction <= 0.25, low
         print(f"/v1/predict ok: counts {counts}, receipt {receipt.tasks}, low tier {low.flops_fraction:.3f}")
 

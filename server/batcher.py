@@ -30,7 +30,7 @@ class DeadlineExceeded(RuntimeError):
 
 @dataclass
 class WorkItem:
-    images: np.ndarray  # uint8 [n, H, W]
+    images: np.ndarray  # float32 [n, H, W], scaled to [0, 1] by the API layer
     plan: Plan
     deadline: float | None = None  # time.monotonic() seconds
     cost_ms: float = 0.0  # estimated compute share, for backlog estimates
@@ -48,8 +48,7 @@ class BatchResult:
 
 def run_batch(backend: Backend, width: float, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
     """Trunk once for the whole batch, then each (task, route) path on its rows."""
-    images = np.concatenate([it.images for it in items]).astype(np.float32)
-    images = (images * np.float32(1 / 255))[:, None]
+    images = np.concatenate([it.images for it in items]).astype(np.float32)[:, None]  # [0, 1] already
     tokens = backend.run_trunk(width, images)
     rows: dict[tuple, list[int]] = defaultdict(list)
     offsets = np.cumsum([0] + [len(it.images) for it in items])
