@@ -2,7 +2,9 @@
 
 A plan is one trunk width shared by the request's tasks plus one route per task. Among
 plans whose FLOPs fraction fits the budget, the one with the best (weighted) validation
-score wins; ties go to the cheaper plan.
+score wins. Ties go to the larger plan: equal validation scores mean no measurable
+difference, and the request allowed that much compute (tier `max` is the full route). Under
+load, degradation may still step down to a cheaper plan of equal score.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class RouteTables:
         raise KeyError(f"task {task!r} has no route {route_id!r}")
 
     def _enumerate(self, tasks: tuple[str, ...], weights: tuple[float, ...]) -> list[Plan]:
-        """All plans for a task set, sorted best first (score desc, then FLOPs asc)."""
+        """All plans for a task set, sorted best first (score desc, then FLOPs desc)."""
         full = full_flops(self.cfg, list(tasks))
         plans = []
         for width in self.widths:
@@ -107,7 +109,7 @@ class RouteTables:
                 flops = request_flops(self.cfg, width, {e.task: e.route for e in combo})
                 score = sum(w * e.score for w, e in zip(weights, combo)) / sum(weights)
                 plans.append(Plan(width, tuple(combo), flops, flops / full, score))
-        plans.sort(key=lambda p: (-p.score, p.flops))
+        plans.sort(key=lambda p: (-p.score, -p.flops))
         return plans
 
     def plans(self, tasks: list[str], weights: dict[str, float] | None = None) -> list[Plan]:

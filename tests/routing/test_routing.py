@@ -124,3 +124,15 @@ def test_latency_resolution_uses_calibration():
     assert t.latency_ms(fast) <= 6.0
     with pytest.raises(UnsatisfiableBudget, match="latency_ms 0.1 is below the fastest route"):
         t.resolve_latency(["count"], 0.1, Budget.parse("max"))
+
+
+def test_ties_go_to_the_larger_route_and_degradation_may_step_down():
+    """A saturated task (equal scores) runs its full route at `max`; under load it may use
+    the cheaper routes of equal score."""
+    t = tables(scores=(1.0, 1.0, 1.0, 1.0, 1.0))
+    top = t.resolve(["count"], Budget.parse("max"))
+    assert top.flops_fraction == 1.0
+    low = t.resolve(["count"], Budget.parse("low"))
+    assert low.flops == max(p.flops for p in t.plans(["count"]) if p.flops_fraction <= 0.25)
+    steps = t.candidates(["count"], Budget.parse("max"), Budget.parse("min"))
+    assert steps[0] == top and min(p.flops for p in steps) < top.flops
