@@ -26,9 +26,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# every comparison of issue 5 side by side; writes bench/RESULTS.md, bench/plots/, bench/results.json
 bench: $(STAMP)
-	$(BIN)/python -m bench.model_latency
-	$(BIN)/python -m bench.http_load
+	$(BIN)/python -m bench all --quick
 
 # build the image from ./Dockerfile with podman, run it, check both prediction endpoints
 smoke: $(STAMP)

@@ -54,65 +54,111 @@ def bodies(images: np.ndarray, tier: str) -> list[tuple[str, bytes]]:
 
 
 async def _drive(
-    url: str, payloads: list[tuple[str, bytes]], concurrency: int, duration: float, limit: int
+    url: str,
+    payloads: list[tuple[str, bytes]],
+    concurrency: int,
+    duration: float,
+    limit: int,
+    path: str = "/v1/predict",
+    rate: float | None = None,
 ) -> list:
+    """Closed loop (`concurrency` clients back to back) or, with `rate`, open loop: requests
+    start on a fixed schedule of `rate` per second whatever the answers, up to `limit`."""
     results, stop = [], time.monotonic() + duration
     headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(
         base_url=url, timeout=60, limits=httpx.Limits(max_connections=concurrency)
     ) as c:
 
+        async def one(i: int) -> None:
+            tag, body = payloads[i % len(payloads)]
+            start = time.perf_counter()
+            try:
+                r = await c.post(path, content=body, headers=headers)
+                status = r.status_code
+                receipt = r.json().get("route", {}) if status == 200 else {}
+                batch, fraction = receipt.get("batch_size", 0), receipt.get("flops_fraction")
+            except httpx.HTTPError:
+                status, batch, fraction = 0, 0, None
+            ms = (time.perf_counter() - start) * 1000
+            results.append((ms, status, batch, time.monotonic(), tag, fraction))
+
         async def worker(w: int) -> None:
             i = w
             while time.monotonic() < stop and len(results) < limit:
-                tag, body = payloads[i % len(payloads)]
-                start = time.perf_counter()
-                r = await c.post("/v1/predict", content=body, headers=headers)
-                ms = (time.perf_counter() - start) * 1000
-                batch = r.json()["route"]["batch_size"] if r.status_code == 200 else 0
-                results.append((ms, r.status_code, batch, time.monotonic(), tag))
+                await one(i)
                 i += concurrency
 
         t0 = time.monotonic()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        return [(ms, st, b, t - t0, tag) for ms, st, b, t, tag in results]
+        if rate is None:
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        else:
+            pending = []
+            for i in range(min(limit, int(rate * duration))):
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+                pending.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*pending)
+        return [(ms, st, b, t - t0, tag, f) for ms, st, b, t, tag, f in results]
 
 
-def _load_process(url, payloads, concurrency, duration, limit, queue) -> None:
-    queue.put(asyncio.run(_drive(url, payloads, concurrency, duration, limit)))
+def _load_process(url, payloads, concurrency, duration, limit, path, rate, queue) -> None:
+    queue.put(asyncio.run(_drive(url, payloads, concurrency, duration, limit, path, rate)))
 
 
 def load(
-    url: str, payloads: list[tuple[str, bytes]], concurrency: int, duration: float, limit: int = 100_000
+    url: str,
+    payloads: list[tuple[str, bytes]],
+    concurrency: int,
+    duration: float,
+    limit: int = 100_000,
+    path: str = "/v1/predict",
+    rate: float | None = None,
 ) -> list:
-    """Run the load generator in its own process; (latency_ms, status, batch, t, tag) per request."""
+    """Run the load generator in its own process; per request (latency_ms, status, batch size,
+    seconds since start, tag, FLOPs fraction of the receipt or None).
+
+    Closed loop with `concurrency` clients, or open loop at `rate` requests/s (then
+    `concurrency` only caps the connections)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=(url, payloads, concurrency, duration, limit, queue))
+    proc = ctx.Process(
+        target=_load_process, args=(url, payloads, concurrency, duration, limit, path, rate, queue)
+    )
     proc.start()
-    results = queue.get(timeout=duration + 120)
+    results = queue.get(timeout=duration + 180)
     proc.join()
     return results
 
 
-def start_server(backend: str, port: int, threads: int) -> subprocess.Popen:
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 900) -> None:
+    """Poll `url` until it answers 200; fail fast if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def start_server(backend: str, port: int, threads: int, **settings: str) -> subprocess.Popen:
+    """`trunkline serve` in its own process, ready; extra `settings` become TRUNKLINE_* vars."""
     env = {
         **os.environ,
         "TRUNKLINE_BACKEND": backend,
         "TRUNKLINE_PORT": str(port),
         "TRUNKLINE_THREADS": str(threads),
         "TRUNKLINE_LOG_LEVEL": "warning",
+        **{f"TRUNKLINE_{k.upper()}": v for k, v in settings.items()},
     }
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("server did not become ready")
+    wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready")
+    return proc
 
 
 def in_process_throughput(

@@ -96,7 +96,8 @@ def pareto_frontier(points: dict[Route, tuple[int, float]]) -> list[Route]:
 
     Each tier's ceiling (a FLOPs fraction of 0.25, 0.5, 0.75, 1) also keeps its best route,
     ties going to the larger route: a task that saturates early (scores tie from the smallest
-    route up) still gets a route per tier, and tier `max` always means the full model.
+    route up) still gets a route per tier. The full route is always kept, so the table spans
+    up to a FLOPs fraction of 1.0 even where a short training run left it behind a smaller one.
     """
     ordered = sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
     keep: set[Route] = set()
@@ -105,6 +106,7 @@ def pareto_frontier(points: dict[Route, tuple[int, float]]) -> list[Route]:
         if score > best:
             keep.add(route)
             best = score
+    keep.add(ordered[-1][0])
     full = ordered[-1][1][0]
     for ceiling in TIER_FRACTIONS:
         within = [(score, flops, route) for route, (flops, score) in ordered if flops <= ceiling * full + 1]

@@ -47,6 +47,14 @@ def test_saturated_task_still_gets_a_route_per_tier():
     ]
 
 
+def test_full_route_is_kept_even_when_a_smaller_one_scores_higher():
+    """A short run can leave the full route behind; the table still reaches a fraction of 1.0."""
+    frontier = pareto_frontier(
+        points({"w25-k1-d25": (24, 0.60), "w75-k2-d100": (80, 0.82), "w100-k4-d100": (100, 0.81)})
+    )
+    assert [r.id for r in frontier] == ["w25-k1-d25", "w75-k2-d100", "w100-k4-d100"]
+
+
 def test_bundled_tables_span_every_tier_and_never_fall():
     _, tables = checkpoint.load("mnist-scenes")
     for task, rows in tables.items():

@@ -1,0 +1,102 @@
+"""The benchmark suite: one command, every comparison side by side in one run.
+
+    python -m bench all --quick          # ~10 minutes; writes bench/RESULTS.md, plots, results.json
+    python -m bench all --full
+    python -m bench peers overload --quick
+    python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
+
+Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import model_level, report, serving
+from bench.scale import SCALES
+from models import checkpoint
+from routing import RouteTables
+
+MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
+HTTP = ["peers", "overload", "memory"]
+ALL = MODEL_LEVEL + HTTP
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", nargs="+", choices=["all", *ALL])
+    size = parser.add_mutually_exclusive_group()
+    for name in SCALES:
+        size.add_argument(f"--{name}", dest="scale", action="store_const", const=name)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="where RESULTS.md goes")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="model compute threads (server and model level)"
+    )
+    parser.add_argument("--port", type=int, default=8190, help="Trunkline's port; peers use the next ones")
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale or "quick"]
+    wanted = ALL if "all" in args.what else [w for w in ALL if w in args.what]
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    started = time.monotonic()
+
+    torch.set_num_threads(args.threads)
+    model, tables = checkpoint.load("mnist-scenes")
+    rt = RouteTables(model.cfg, tables)
+    results: dict = {}
+
+    def step(name: str, fn, *a):
+        print(f"[bench] {name} ({scale.name}) ...", flush=True)
+        t = time.monotonic()
+        results[name] = fn(*a)
+        print(f"[bench] {name} done in {time.monotonic() - t:.0f} s", flush=True)
+
+    if "budget" in wanted:
+        step("budget", model_level.budget_scaling, model, rt, scale)
+    if "accuracy" in wanted:
+        step("accuracy", model_level.accuracy_vs_flops, model, tables, scale)
+    if "sparse" in wanted:
+        step("sparse", model_level.sparse_paths, model, scale)
+    if "fanout" in wanted:
+        step("fanout", model_level.fan_out, model, scale)
+    if "limit" in wanted:
+        step("limit", model_level.machine_limit, model, scale)
+    if "backends" in wanted:
+        onnx_dir = Path.home() / ".cache" / "trunkline" / "onnx"
+        step("backends", model_level.backends, model, rt, scale, args.threads, onnx_dir)
+
+    needs_server = {"budget", "fanout", *HTTP} & set(wanted)
+    if needs_server:
+        from models.data import make_scenes
+
+        images = make_scenes(256, "test", seed=4242).images
+        with serving.trunkline(args.port, args.threads, scale) as (proc, url):
+            if "budget" in wanted:
+                step("budget_http", serving.http_budget, url, images, scale)
+            if "fanout" in wanted:
+                step("fanout_http", serving.http_fan_out, url, images, scale)
+            if "peers" in wanted:
+                step("peers", serving.peers, url, images, scale, args.threads, args.port + 1)
+            if "overload" in wanted:
+                step("overload", serving.overload, url, images, scale)
+            if "memory" in wanted:
+                step("memory", serving.memory, proc.pid, url, images, scale, args.threads, args.port + 10)
+
+    minutes = (time.monotonic() - started) / 60
+    path = report.write(results, args.out, command, scale.name, minutes)
+    print(f"[bench] wrote {path} in {minutes:.1f} minutes")
+    for _key, value in results.items():
+        for g in value.get("goals", []):
+            print(f"  {'met ' if g['met'] else 'MISS'}  {g['goal']}: {g['value']} (goal {g['target']})")
+    return results
+
+
+if __name__ == "__main__":
+    main()

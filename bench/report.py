@@ -1,0 +1,164 @@
+"""bench/RESULTS.md, the PNG plots and the raw JSON from one run's results."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TITLES = {
+    "budget": "1. Budget scaling (model level)",
+    "budget_http": "1. Budget scaling (end to end over HTTP)",
+    "accuracy": "2. Accuracy vs FLOPs",
+    "sparse": "3. Sparse task paths vs the dense all-task forward",
+    "fanout": "4. Fan-out: one request for four tasks vs four requests (model level)",
+    "fanout_http": "4. Fan-out (end to end over HTTP)",
+    "peers": "5. Against the peers (mixed tasks and tiers, one-image requests)",
+    "overload": "6. Overload: 2x capacity at `max`",
+    "memory": "7. Memory",
+    "limit": "8. The limit: trunk vs the machine's GEMM peak",
+    "backends": "9. Backends: torch vs onnxruntime",
+}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "_no rows_\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    if "accuracy" in results:
+        rows = results["accuracy"]["rows"]
+        fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+        for ax, task in zip(axes, dict.fromkeys(r["task"] for r in rows)):
+            pts = sorted((r["flops_fraction"], r["validation"], r["test"]) for r in rows if r["task"] == task)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="validation")
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", label="test")
+            ax.set(title=task, xlabel="FLOPs fraction of the full route", xlim=(0, 1.05))
+        axes[0].set_ylabel("score")
+        axes[0].legend()
+        made["accuracy"] = _save(fig, out / "accuracy_vs_flops.png")
+    if "budget" in results:
+        rows = results["budget"]["rows"]
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+        for task in dict.fromkeys(r["task"] for r in rows):
+            rs = [r for r in rows if r["task"] == task]
+            a.plot([r["tier"] for r in rs], [r["batch64_images_per_s"] for r in rs], "o-", label=task)
+            b.plot([r["tier"] for r in rs], [r["batch1_p50_ms"] for r in rs], "o-", label=task)
+        if "budget_http" in results:
+            http = results["budget_http"]["rows"]
+            for task in dict.fromkeys(r["task"] for r in http):
+                rs = [r for r in http if r["task"] == task]
+                b.plot(
+                    [r["tier"] for r in rs], [r["batch1_p50_ms"] for r in rs], "x:", label=f"{task} (HTTP)"
+                )
+        a.set(title="batch-64 throughput (model)", ylabel="images/s")
+        b.set(title="batch-1 p50 latency", ylabel="ms")
+        a.legend(fontsize=7)
+        b.legend(fontsize=7)
+        made["budget"] = _save(fig, out / "budget_scaling.png")
+    if "peers" in results:
+        rows = results["peers"]["rows"]
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+        names = [r["server"] for r in rows]
+        a.bar(names, [r["saturated_rps"] for r in rows])
+        a.set(title="throughput at saturation", ylabel="requests/s")
+        b.bar(names, [r["fixed_p99_ms"] for r in rows])
+        b.set(title=f"p99 at {rows[0]['fixed_load_rps']} requests/s", ylabel="ms")
+        made["peers"] = _save(fig, out / "peers.png")
+    if "overload" in results:
+        rows = results["overload"]["rows"]
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.bar([r["arm"] for r in rows], [r["answered_within_timeout"] for r in rows])
+        ax.set(
+            title=f"answered within {results['overload']['timeout_ms']:.0f} ms at 2x capacity", ylim=(0, 1)
+        )
+        made["overload"] = _save(fig, out / "overload.png")
+    return made
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def write(results: dict, out: Path, command: str, scale: str, minutes: float) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    images = plots(results, out / "plots")
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": info, "scale": scale, "command": command, "minutes": minutes, "results": results},
+            indent=2,
+        )
+    )
+    goals = [g | {"section": TITLES[k]} for k, v in results.items() for g in v.get("goals", [])]
+    md = [
+        "# Trunkline benchmark results\n",
+        f"Command: `{command}` (scale `{scale}`, {minutes:.1f} minutes). "
+        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}. "
+        "Every comparison ran side by side in one run, A/B rounds interleaved; numbers are medians "
+        "and ratios, and absolute times vary ±30-50% between runs on these shared machines.\n",
+        "## Goals\n",
+        table(
+            [
+                {
+                    "section": g["section"],
+                    "goal": g["goal"],
+                    "measured": g["value"],
+                    "target": g["target"],
+                    "met": "yes" if g["met"] else "**no**",
+                }
+                for g in goals
+            ]
+        ),
+    ]
+    for key, title in TITLES.items():
+        if key not in results:
+            continue
+        extra = {k: v for k, v in results[key].items() if k not in ("rows", "goals")}
+        md.append(f"## {title}\n")
+        if extra:
+            md.append(", ".join(f"{k}: {v}" for k, v in extra.items()) + "\n")
+        md.append(table(results[key]["rows"]))
+        plot = images.get(key.removesuffix("_http"))
+        if plot and not key.endswith("_http"):
+            md.append(f"![{key}](plots/{plot})\n")
+    path = out / "RESULTS.md"
+    path.write_text("\n".join(md))
+    return path

@@ -1,0 +1,326 @@
+"""End-to-end comparisons over HTTP: budget scaling and fan-out through the server, Trunkline
+against its peers, overload with and without degradation, and resident memory.
+
+Load always comes from a separate process (`bench.http_load.load`) on 127.0.0.1, bounded in
+count and time; A/B runs are interleaved round by round and medians are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from bench.http_load import load, png, start_server, summarise
+from bench.model_level import TIERS, goal
+from bench.peers.envs import ROOT, installed, python_for
+from bench.scale import Scale
+
+TASKS = ["count", "presence", "sum", "segment"]
+PEERS = ["litserve", "ray", "fastapi"]
+
+
+def body(images: np.ndarray, task: str | list[str], tier: str, **extra) -> bytes:
+    key = "tasks" if isinstance(task, list) else "task"
+    return orjson.dumps(
+        {
+            key: task,
+            "budget": tier,
+            "inputs": [{"image": png(i)} for i in images],
+            "mask_format": "png",
+            **extra,
+        }
+    )
+
+
+def mixed(images: np.ndarray, n: int, tiers: list[str], **extra) -> list[tuple[str, bytes]]:
+    """One-image requests cycling through every task and the given tiers."""
+    return [
+        (
+            f"{TASKS[i % 4]}/{tiers[(i // 4) % len(tiers)]}",
+            body(images[i % len(images)][None], TASKS[i % 4], tiers[(i // 4) % len(tiers)], **extra),
+        )
+        for i in range(n)
+    ]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextmanager
+def trunkline(port: int, threads: int, scale: Scale):
+    extra = {"batch_buckets": "[1,8]", "calibration_rounds": "1"} if scale.name == "tiny" else {}
+    proc = start_server("torch", port, threads, **extra)
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@contextmanager
+def peer(name: str, port: int, scale: Scale, probe: bytes, *args: str):
+    python = python_for(name, own_env=scale.own_envs)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [python, "-m", f"bench.peers.{name}_app", str(port), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready_post(proc, f"{url}/predict", probe)
+        yield proc, url
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def wait_ready_post(proc: subprocess.Popen, url: str, probe: bytes, timeout: float = 600) -> None:
+    """Peers have no common readiness endpoint: ready when a real request answers 200."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode} before it was ready")
+        try:
+            if (
+                httpx.post(
+                    url, content=probe, headers={"content-type": "application/json"}, timeout=30
+                ).status_code
+                == 200
+            ):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def http_budget(url: str, images: np.ndarray, scale: Scale) -> dict:
+    """Per task and tier: batch-1 p50 over HTTP (tiers interleaved request by request) and
+    batch-64 throughput (one 64-image request per tier, interleaved)."""
+    rows, goals = [], []
+    for task in TASKS:
+        n = scale.http_requests
+        seq = [(t, body(images[i][None], task, t)) for i in range(n) for t in TIERS]
+        res = load(url, seq, 1, 600, limit=len(seq))
+        p50 = {t: statistics.median(r[0] for r in res if r[4] == t and r[1] == 200) for t in TIERS}
+        big = [(t, body(images[:64], task, t)) for _ in range(max(2, scale.rounds // 2)) for t in TIERS]
+        res64 = load(url, big, 1, 600, limit=len(big))
+        ms64 = {t: statistics.median(r[0] for r in res64 if r[4] == t and r[1] == 200) for t in TIERS}
+        for t in TIERS:
+            rows.append(
+                {
+                    "task": task,
+                    "tier": t,
+                    "batch1_p50_ms": round(p50[t], 2),
+                    "batch64_request_ms": round(ms64[t], 1),
+                    "batch64_images_per_s": round(64_000 / ms64[t], 1),
+                }
+            )
+        goals.append(goal(f"{task}: low/max end-to-end p50 at batch 1", p50["low"] / p50["max"], 0.5))
+    return {"rows": rows, "goals": goals}
+
+
+def http_fan_out(url: str, images: np.ndarray, scale: Scale) -> dict:
+    """One 4-task request vs the four single-task requests it replaces (batch 1, max)."""
+    seq = []
+    for i in range(scale.http_requests):
+        seq.append(("fan-out", body(images[i][None], TASKS, "max")))
+        seq += [(f"single/{i}", body(images[i][None], t, "max")) for t in TASKS]
+    res = load(url, seq, 1, 600, limit=len(seq))
+    fan = statistics.median(r[0] for r in res if r[4] == "fan-out")
+    four = statistics.median(
+        sum(r[0] for r in res if r[4] == f"single/{i}") for i in range(scale.http_requests)
+    )
+    return {
+        "rows": [
+            {
+                "fan_out_p50_ms": round(fan, 2),
+                "four_requests_p50_ms": round(four, 2),
+                "ratio": round(fan / four, 4),
+            }
+        ],
+        "goals": [goal("fan-out vs four requests (end-to-end, batch 1)", fan / four, 0.6)],
+    }
+
+
+def peers(url: str, images: np.ndarray, scale: Scale, threads: int, base_port: int) -> dict:
+    """Same mixed-task, mixed-tier traffic against Trunkline and each peer, interleaved."""
+    traffic = mixed(images, 256, TIERS)
+    probe = traffic[0][1]
+    targets = {"trunkline": (url, "/v1/predict")}
+    results: dict[str, dict[str, list]] = {}
+    with _peers_running(scale, probe, threads, base_port) as running:
+        targets |= {name: (u, "/predict") for name, u in running.items()}
+        sat: dict[str, list[dict]] = {k: [] for k in targets}
+        for r in range(scale.load_rounds):
+            for name in _rotate(list(targets), r):
+                u, path = targets[name]
+                sat[name].append(
+                    summarise(load(u, traffic, scale.concurrency, scale.duration_s, path=path), 0.5)
+                )
+        best_peer = max(
+            (statistics.median(s["throughput_rps"] for s in sat[p]) for p in running), default=0.0
+        )
+        rate = max(1.0, 0.5 * best_peer)
+        fixed: dict[str, list[dict]] = {k: [] for k in targets}
+        for r in range(scale.load_rounds):
+            for name in _rotate(list(targets), r):
+                u, path = targets[name]
+                res = load(u, traffic, 256, scale.duration_s, path=path, rate=rate)
+                fixed[name].append(summarise(res, 0.5))
+        results = {"saturated": sat, "fixed": fixed}
+    rows = []
+    for name in targets:
+        s, f = results["saturated"][name], results["fixed"][name]
+        rows.append(
+            {
+                "server": name,
+                "saturated_rps": round(statistics.median(x["throughput_rps"] for x in s), 1),
+                "saturated_p50_ms": round(statistics.median(x["p50_ms"] for x in s), 1),
+                "saturated_p99_ms": round(statistics.median(x["p99_ms"] for x in s), 1),
+                "errors": sum(x["errors"] for x in s + f),
+                "fixed_load_rps": round(rate, 1),
+                "fixed_p50_ms": round(statistics.median(x["p50_ms"] for x in f), 1),
+                "fixed_p99_ms": round(statistics.median(x["p99_ms"] for x in f), 1),
+            }
+        )
+    ours = rows[0]
+    others = rows[1:]
+    goals = []
+    if others:
+        best = max(others, key=lambda r: r["saturated_rps"])
+        goals.append(
+            goal(
+                f"throughput vs best peer ({best['server']})",
+                ours["saturated_rps"] / best["saturated_rps"],
+                1.5,
+                at_most=False,
+            )
+        )
+        low_p99 = min(others, key=lambda r: r["fixed_p99_ms"])
+        goals.append(
+            goal(
+                f"p99 at {rate:.0f} req/s vs best peer ({low_p99['server']})",
+                ours["fixed_p99_ms"] / low_p99["fixed_p99_ms"],
+                0.7,
+            )
+        )
+    return {"rows": rows, "goals": goals, "peers_skipped": [p for p in PEERS if p not in targets]}
+
+
+@contextmanager
+def _peers_running(scale: Scale, probe: bytes, threads: int, base_port: int):
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        running = {}
+        for i, name in enumerate(PEERS):
+            if not scale.own_envs and not installed(name):
+                print(f"[bench] peer {name} skipped: not installed here (tiny run)", flush=True)
+                continue
+            _, u = stack.enter_context(peer(name, base_port + i, scale, probe, "--threads", str(threads)))
+            running[name] = u
+        yield running
+
+
+def _rotate(names: list[str], r: int) -> list[str]:
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def overload(url: str, images: np.ndarray, scale: Scale, timeout_ms: float = 250.0) -> dict:
+    """Offered load 2x the capacity at `max`, with and without degradation to `low`."""
+    at_max = mixed(images, 256, ["max"])
+    capacity = summarise(load(url, at_max, scale.concurrency, scale.duration_s), 0.5)["throughput_rps"]
+    rate = 2 * capacity
+    arms = {
+        "degradation (min_budget low)": mixed(images, 256, ["max"], min_budget="low", timeout_ms=timeout_ms),
+        "no degradation": mixed(images, 256, ["max"], timeout_ms=timeout_ms),
+    }
+    runs: dict[str, list] = {k: [] for k in arms}
+    for r in range(scale.load_rounds):
+        for name in _rotate(list(arms), r):
+            runs[name].append(load(url, arms[name], 512, scale.duration_s, rate=rate))
+    rows, goals = [], []
+    for name, rounds in runs.items():
+        res = [x for run in rounds for x in run]
+        ok = [x for x in res if x[1] == 200 and x[0] <= timeout_ms]
+        rows.append(
+            {
+                "arm": name,
+                "offered_rps": round(rate, 1),
+                "requests": len(res),
+                "answered_within_timeout": round(len(ok) / len(res), 4),
+                "shed_503_429": round(sum(x[1] in (503, 429) for x in res) / len(res), 4),
+                "degraded_share": round(
+                    sum(1 for x in ok if x[5] is not None and x[5] < 0.999) / max(1, len(ok)), 4
+                ),
+                "p50_ms": round(statistics.median(x[0] for x in res), 1),
+                "p99_ms": round(sorted(x[0] for x in res)[int(0.99 * (len(res) - 1))], 1),
+            }
+        )
+    goals.append(
+        goal(
+            "answered within the timeout with degradation",
+            rows[0]["answered_within_timeout"],
+            0.99,
+            at_most=False,
+        )
+    )
+    return {"rows": rows, "goals": goals, "capacity_at_max_rps": round(capacity, 1), "timeout_ms": timeout_ms}
+
+
+def memory(server_pid: int, url: str, images: np.ndarray, scale: Scale, threads: int, base_port: int) -> dict:
+    """Resident memory: one Trunkline server with every task and route (warm) vs four
+    single-task servers (the plain FastAPI peer hosting one task each, warm)."""
+    for t in TASKS:
+        for tier in TIERS:
+            httpx.post(
+                f"{url}/v1/predict",
+                content=body(images[:2], t, tier),
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+    ours = rss_mib(server_pid)
+    from contextlib import ExitStack
+
+    singles = {}
+    with ExitStack() as stack:
+        for i, task in enumerate(TASKS):
+            probe = body(images[:2], task, "max")
+            proc, u = stack.enter_context(
+                peer("fastapi", base_port + i, scale, probe, "--tasks", task, "--threads", str(threads))
+            )
+            for tier in TIERS:
+                httpx.post(
+                    f"{u}/predict",
+                    content=body(images[:2], task, tier),
+                    headers={"content-type": "application/json"},
+                    timeout=60,
+                )
+            singles[task] = rss_mib(proc.pid)
+    total = sum(singles.values())
+    rows = [{"server": "trunkline, all tasks and routes", "rss_mib": round(ours, 1)}]
+    rows += [{"server": f"single-task server: {t}", "rss_mib": round(v, 1)} for t, v in singles.items()]
+    rows.append({"server": "four single-task servers, total", "rss_mib": round(total, 1)})
+    return {"rows": rows, "goals": [goal("one server vs four single-task servers (RSS)", ours / total, 0.4)]}

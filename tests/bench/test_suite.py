@@ -1,0 +1,60 @@
+"""The benchmark suite runs end to end at its tiny scale and produces every table and plot.
+
+Timings are not asserted (shared, noisy machines); only that each comparison ran and measured.
+"""
+
+import json
+import math
+
+import pytest
+
+from bench.__main__ import ALL, main
+from bench.report import TITLES
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return out, main(["all", "--tiny", "--out", str(out), "--port", "8290"])
+
+
+def numbers(rows: list[dict]) -> list[float]:
+    return [v for r in rows for v in r.values() if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def test_every_comparison_ran_and_measured(tiny):
+    _, results = tiny
+    assert set(ALL) <= set(results)
+    for name, value in results.items():
+        values = numbers(value["rows"])
+        assert values, name
+        assert all(math.isfinite(v) and v >= 0 for v in values), (name, value["rows"])
+        for g in value["goals"]:
+            assert math.isfinite(g["value"]) and isinstance(g["met"], bool), (name, g)
+
+
+def test_peers_answered_the_same_traffic(tiny):
+    _, results = tiny
+    rows = {r["server"]: r for r in results["peers"]["rows"]}
+    assert {"trunkline", "fastapi"} <= set(rows)  # litserve runs only in its own venv (--quick)
+    for name, row in rows.items():
+        assert row["saturated_rps"] > 0 and row["errors"] == 0, name
+
+
+def test_overload_arms_and_memory(tiny):
+    _, results = tiny
+    arms = [r["arm"] for r in results["overload"]["rows"]]
+    assert arms == ["degradation (min_budget low)", "no degradation"]
+    rss = [r["rss_mib"] for r in results["memory"]["rows"]]
+    assert len(rss) == 6 and rss[-1] == pytest.approx(sum(rss[1:5]), abs=0.5)
+
+
+def test_report_files(tiny):
+    out, results = tiny
+    md = (out / "RESULTS.md").read_text()
+    for key in results:
+        assert TITLES[key] in md
+    for png in ("accuracy_vs_flops.png", "budget_scaling.png", "peers.png", "overload.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+    raw = json.loads((out / "results.json").read_text())
+    assert raw["scale"] == "tiny" and set(raw["results"]) == set(results)
