@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass
 
 TIERS: dict[str, float | None] = {"min": None, "low": 0.25, "medium": 0.5, "high": 0.75, "max": 1.0}
+# FLOPs fractions are published to 4 decimals (route tables, receipts); budgets compare against
+# the published value, so asking for a route's listed fraction selects that route
+DECIMALS = 4
 
 
 class BudgetError(ValueError):
@@ -40,7 +43,7 @@ class Budget:
         return cls(float(value), str(value))
 
     def allows(self, fraction: float) -> bool:
-        return self.fraction is None or fraction <= self.fraction + 1e-9
+        return self.fraction is None or round(fraction, DECIMALS) <= self.fraction + 1e-9
 
     def at_least(self, other: Budget) -> bool:
         """Whether this budget is no smaller than `other` (min is the smallest)."""
