@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     threads: int = Field(2, ge=1, description="intra-op threads of the model compute")
     default_budget: str = Field("max", description="budget of requests that name none")
     max_batch_size: int = Field(64, ge=1)
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="how long a batch waits to fill; 0: batches form while the previous one runs"
+    )
     max_queue: int = Field(1024, ge=1, description="queued instances before 429")
     max_instances: int = Field(256, ge=1, description="instances per request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
