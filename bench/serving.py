@@ -292,12 +292,13 @@ def overload(url: str, images: np.ndarray, scale: Scale, timeout_ms: float = 250
 
 def memory(server_pid: int, url: str, images: np.ndarray, scale: Scale, threads: int, base_port: int) -> dict:
     """Resident memory: one Trunkline server with every task and route (warm) vs four
-    single-task servers (the plain FastAPI peer hosting one task each, warm)."""
+    single-task servers (the plain FastAPI peer hosting one task each), all warmed with the same
+    64-image requests on every tier (activation memory grows with the batch size)."""
     for t in TASKS:
         for tier in TIERS:
             httpx.post(
                 f"{url}/v1/predict",
-                content=body(images[:2], t, tier),
+                content=body(images[:64], t, tier),
                 headers={"content-type": "application/json"},
                 timeout=60,
             )
@@ -314,7 +315,7 @@ def memory(server_pid: int, url: str, images: np.ndarray, scale: Scale, threads:
             for tier in TIERS:
                 httpx.post(
                     f"{u}/predict",
-                    content=body(images[:2], task, tier),
+                    content=body(images[:64], task, tier),
                     headers={"content-type": "application/json"},
                     timeout=60,
                 )
