@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -94,8 +95,6 @@ def peer(name: str, port: int, scale: Scale, probe: bytes, *args: str):
 
 def wait_ready_post(proc: subprocess.Popen, url: str, probe: bytes, timeout: float = 600) -> None:
     """Peers have no common readiness endpoint: ready when a real request answers 200."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -168,7 +167,6 @@ def peers(url: str, images: np.ndarray, scale: Scale, threads: int, base_port: i
     traffic = mixed(images, 256, TIERS)
     probe = traffic[0][1]
     targets = {"trunkline": (url, "/v1/predict")}
-    results: dict[str, dict[str, list]] = {}
     with _peers_running(scale, probe, threads, base_port) as running:
         targets |= {name: (u, "/predict") for name, u in running.items()}
         sat: dict[str, list[dict]] = {k: [] for k in targets}
@@ -188,10 +186,9 @@ def peers(url: str, images: np.ndarray, scale: Scale, threads: int, base_port: i
                 u, path = targets[name]
                 res = load(u, traffic, 256, scale.duration_s, path=path, rate=rate)
                 fixed[name].append(summarise(res, 0.5))
-        results = {"saturated": sat, "fixed": fixed}
     rows = []
     for name in targets:
-        s, f = results["saturated"][name], results["fixed"][name]
+        s, f = sat[name], fixed[name]
         rows.append(
             {
                 "server": name,
@@ -230,8 +227,6 @@ def peers(url: str, images: np.ndarray, scale: Scale, threads: int, base_port: i
 
 @contextmanager
 def _peers_running(scale: Scale, probe: bytes, threads: int, base_port: int):
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         running = {}
         for i, name in enumerate(PEERS):
@@ -303,8 +298,6 @@ def memory(server_pid: int, url: str, images: np.ndarray, scale: Scale, threads:
                 timeout=60,
             )
     ours = rss_mib(server_pid)
-    from contextlib import ExitStack
-
     singles = {}
     with ExitStack() as stack:
         for i, task in enumerate(TASKS):

@@ -7,6 +7,7 @@ routing; batching is the peer framework's own.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 from collections import defaultdict
@@ -20,6 +21,19 @@ from models.routes import Route
 
 # the FLOPs-fraction ceiling of each tier; `min` is the smallest route
 TIER_CEILING = {"min": 0.0, "low": 0.25, "medium": 0.5, "high": 0.75, "max": 1.0}
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line every peer takes: `python -m bench.peers.<peer>_app PORT [options]`."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--tasks", default="", help="comma-separated tasks to host (default: all)")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--wait-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    return args
 
 
 class PeerModel:

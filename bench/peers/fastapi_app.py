@@ -8,14 +8,13 @@ in one worker thread, one forward per (task, tier) module.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 from fastapi import FastAPI, Request
 
-from bench.peers.common import PeerModel
+from bench.peers.common import PeerModel, parse_args
 
 
 def build(model: PeerModel, max_batch: int, wait_ms: float) -> FastAPI:
@@ -63,14 +62,8 @@ def build(model: PeerModel, max_batch: int, wait_ms: float) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--tasks", default="", help="comma-separated tasks to host (default: all)")
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--wait-ms", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    model = PeerModel(tasks=[t for t in args.tasks.split(",") if t], threads=args.threads)
+    args = parse_args()
+    model = PeerModel(tasks=args.tasks, threads=args.threads)
     app = build(model, args.max_batch, args.wait_ms)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -5,17 +5,16 @@ python -m bench.peers.litserve_app PORT [--max-batch 64] [--wait-ms 2]
 
 from __future__ import annotations
 
-import argparse
 import inspect
 
 import litserve as ls
 
-from bench.peers.common import PeerModel
+from bench.peers.common import PeerModel, parse_args
 
 
 class MultiTaskAPI(ls.LitAPI):
     def setup(self, device) -> None:
-        self.model = PeerModel(threads=self.threads)
+        self.model = PeerModel(tasks=self.tasks, threads=self.threads)
 
     def decode_request(self, request):
         return self.model.decode(request)
@@ -36,19 +35,14 @@ class MultiTaskAPI(ls.LitAPI):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--wait-ms", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args()
     batching = {"max_batch_size": args.max_batch, "batch_timeout": args.wait_ms / 1000}
     # LitServe moved the batching arguments from LitServer to LitAPI (0.2.x)
     if "max_batch_size" in inspect.signature(ls.LitAPI.__init__).parameters:
         api, server_args = MultiTaskAPI(**batching), {}
     else:
         api, server_args = MultiTaskAPI(), batching
-    api.threads = args.threads
+    api.tasks, api.threads = args.tasks, args.threads
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, **server_args)
     server.run(port=args.port, host="127.0.0.1", log_level="warning", generate_client_file=False)
 

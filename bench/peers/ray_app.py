@@ -8,21 +8,20 @@ One replica (the machine has 2 cores) whose multiplexed models are the (task, ti
 
 from __future__ import annotations
 
-import argparse
 import threading
 
 import ray
 from ray import serve
 from starlette.requests import Request
 
-from bench.peers.common import PeerModel
+from bench.peers.common import PeerModel, parse_args
 
 
-def deployment(max_batch: int, wait_ms: float, threads: int):
+def deployment(max_batch: int, wait_ms: float, tasks: list[str], threads: int):
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     class MultiTaskPeer:
         def __init__(self) -> None:
-            self.model = PeerModel(threads=threads)
+            self.model = PeerModel(tasks=tasks, threads=threads)
 
         @serve.multiplexed(max_num_models_per_replica=64)
         async def get_route(self, key: str) -> str:
@@ -42,15 +41,10 @@ def deployment(max_batch: int, wait_ms: float, threads: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("port", type=int)
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--wait-ms", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    app = deployment(args.max_batch, args.wait_ms, args.threads).bind()
+    app = deployment(args.max_batch, args.wait_ms, args.tasks, args.threads).bind()
     serve.run(app, name="peer", route_prefix="/predict")
     threading.Event().wait()  # serve until killed
 
