@@ -102,7 +102,9 @@ def plots(results: dict, out: Path) -> dict[str, str]:
     if "overload" in results:
         rows = results["overload"]["rows"]
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.bar([r["arm"] for r in rows], [r["answered_within_timeout"] for r in rows])
+        labels = [f"{r['images_per_request']} img, {r['arm'].split(' (')[0]}" for r in rows]
+        ax.bar(labels, [r["answered_within_timeout"] for r in rows])
+        ax.tick_params(axis="x", labelsize=7)
         ax.set(
             title=f"answered within {results['overload']['timeout_ms']:.0f} ms at 2x capacity", ylim=(0, 1)
         )

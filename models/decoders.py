@@ -74,10 +74,12 @@ class DenseHead(_HiddenMlpHead):
         B = tokens.shape[0]
         (gh, gw), s, C = self.grid, self.stride, self.num_classes
         x = self._mlp(self.norm(tokens), width).reshape(B, gh, gw, C + C * s * s)
-        # a per-token class score shared by its whole patch, plus a per-pixel refinement
-        patch = x[..., :C].permute(0, 3, 1, 2).repeat_interleave(s, 2).repeat_interleave(s, 3)
-        fine = x[..., C:].reshape(B, gh, gw, C, s, s).permute(0, 3, 1, 4, 2, 5).reshape(B, C, gh * s, gw * s)
-        return patch + fine + image * self.pixel_scale[:, None, None] + self.pixel_bias[:, None, None]
+        # a per-token class score shared by its whole patch, plus a per-pixel refinement:
+        # summed in the MLP's own layout [B, gh, gw, C, s, s], then one copy to [B, C, H, W]
+        patch = (x[..., :C] + self.pixel_bias)[..., None, None]
+        fine = x[..., C:].reshape(B, gh, gw, C, s, s)
+        logits = (fine + patch).permute(0, 3, 1, 4, 2, 5).reshape(B, C, gh * s, gw * s)
+        return torch.addcmul(logits, image, self.pixel_scale[:, None, None])
 
     def slice(self, width: float) -> DenseHead:
         small = DenseHead(

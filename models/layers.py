@@ -59,8 +59,7 @@ class Attention(nn.Module):
         weight, bias = self._qkv_params(heads)
         qkv = F.linear(x, weight, bias).reshape(B, N, 3, heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, n)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, n)
         return F.linear(out, self.proj.weight[:, :n], self.proj.bias)
 
     def slice(self, heads: int) -> Attention:

@@ -65,7 +65,7 @@ def describe_model(model: str, request: Request) -> dict:
     }
 
 
-def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
+def check_instances(req: PredictRequest, engine: Engine) -> int:
     limit = engine.settings.max_instances
     if len(req.inputs) > limit:
         raise APIError(
@@ -74,6 +74,10 @@ def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
             413,
             "too_many_instances",
         )
+    return len(req.inputs)
+
+
+def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
     shape = (engine.cfg.input.height, engine.cfg.input.width)
     images = [decode_image(x.image, f"inputs.{i}.image", shape) for i, x in enumerate(req.inputs)]
     return np.stack(images).astype(np.float32) * np.float32(1 / 255)
@@ -116,10 +120,17 @@ async def predict(request: Request, engine: Engine = Depends(ready_engine)) -> R
     tasks = req.task_list
     engine.check_tasks(tasks, "task" if req.task is not None else "tasks")
     request.state.tasks = tasks
-    images = decode_inputs(req, engine)
+    # admission before decoding: a request shed under overload costs no image decoding
     admission = engine.admit(
-        tasks, len(images), req.budget, req.min_budget, req.timeout_ms, req.latency_ms, req.task_weights
+        tasks,
+        check_instances(req, engine),
+        req.budget,
+        req.min_budget,
+        req.timeout_ms,
+        req.latency_ms,
+        req.task_weights,
     )
+    images = decode_inputs(req, engine)
     prediction = await serve_request(request, engine, images, admission)
     specs = {t: engine.cfg.task(t) for t in tasks}
     outputs = [

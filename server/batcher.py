@@ -86,21 +86,42 @@ class Batcher:
         self.in_flight = 0  # requests submitted and not yet answered
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trunkline-compute")
-        self._task: asyncio.Task | None = None
+        self.loop_lag_ms = 0.0  # how late the event loop runs a timer: requests wait that long too
+        # what batches really cost, learnt while serving (calibration ran on an idle machine):
+        self.slowdown = 1.0  # measured / estimated compute of recent batches
+        self.batch_ms: dict[float, float] = {}  # recent compute time of one batch, per trunk width
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop()), loop.create_task(self._watch_loop_lag())]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     def backlog_ms(self) -> float:
-        """Estimated time until a request submitted now would start computing."""
+        """Estimated time until a request arriving now would start computing: the event
+        loop's lag (requests queue there before they reach admission when request handling,
+        not compute, is the bottleneck), the running batch's rest, and the queued compute."""
         running = max(0.0, self.busy_until - time.monotonic()) * 1000
-        return running + self.queued_cost_ms
+        return self.loop_lag_ms + running + self.queued_cost_ms * self.slowdown
+
+    def batch_ms_at(self, width: float) -> float:
+        """Compute time of the batch a request joins now: 0 when idle (it runs alone),
+        else what recent batches at this width took (it may be batched with as many)."""
+        idle = not self.queued and self.busy_until == 0.0
+        return 0.0 if idle else self.batch_ms.get(width, 0.0)
+
+    async def _watch_loop_lag(self, period: float = 0.01) -> None:
+        """Exponentially weighted lag of a 10 ms timer; rises fast, decays over ~5 periods."""
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(period)
+            lag = max(0.0, time.monotonic() - t - period) * 1000
+            self.loop_lag_ms = lag if lag > self.loop_lag_ms else 0.8 * self.loop_lag_ms + 0.2 * lag
 
     async def submit(self, item: WorkItem) -> BatchResult:
         n = len(item.images)
@@ -161,7 +182,8 @@ class Batcher:
 
     async def _run(self, loop, width: float, items: list[WorkItem]) -> None:
         size = sum(len(i.images) for i in items)
-        self.busy_until = time.monotonic() + sum(i.cost_ms for i in items) / 1000
+        estimate = sum(i.cost_ms for i in items)
+        self.busy_until = time.monotonic() + estimate * self.slowdown / 1000
         started = time.monotonic()
         try:
             outputs = await loop.run_in_executor(self._executor, run_batch, self.backend, width, items)
@@ -173,6 +195,9 @@ class Batcher:
         finally:
             self.busy_until = 0.0
         compute_ms = (time.monotonic() - started) * 1000
+        if estimate > 0:
+            self.slowdown = 0.8 * self.slowdown + 0.2 * compute_ms / estimate
+        self.batch_ms[width] = 0.8 * self.batch_ms.get(width, compute_ms) + 0.2 * compute_ms
         if self.on_batch:
             self.on_batch(size, width)
         for it, out in zip(items, outputs):

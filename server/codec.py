@@ -19,15 +19,15 @@ def decode_png(data: str, field: str, shape: tuple[int, int]) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise APIError(field, f"{field} is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.format != "PNG":
-                raise APIError(field, f"{field} must be a PNG image, got {img.format}")
+        with Image.open(io.BytesIO(raw), formats=("PNG",)) as img:
             if img.size != (shape[1], shape[0]):
                 raise APIError(
                     field, f"{field} must be {shape[1]}x{shape[0]} pixels, got {img.size[0]}x{img.size[1]}"
                 )
-            array = np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            array = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise APIError(field, f"{field} must be a PNG image") from None
+    except (OSError, Image.DecompressionBombError):
         raise APIError(field, f"{field} is not a decodable PNG image") from None
     return array
 

@@ -135,10 +135,21 @@ class Engine:
         if timeout_ms is None:
             return Admission(top, False, b, None)
         backlog = self.batcher.backlog_ms() if self.batcher else 0.0
-        for plan in candidates:
-            if backlog + (self.tables.latency_ms(plan, n) or 0.0) <= timeout_ms:
-                deadline = time.monotonic() + timeout_ms / 1000
-                return Admission(plan, plan is not top, b, deadline)
+
+        def finish_ms(plan: Plan) -> float:
+            own = self.tables.latency_ms(plan, n) or 0.0
+            if self.batcher:
+                own = max(own, self.batcher.batch_ms_at(plan.width))
+            return backlog + own
+
+        # Step down while the estimated finish uses more than `degrade_headroom` of the
+        # timeout (estimates err by tens of percent under load, and a queue kept short stays
+        # short); the cheapest route may use the whole timeout; past that, shed with 503.
+        target = timeout_ms * self.settings.degrade_headroom
+        plan = next((p for p in candidates if finish_ms(p) <= target), candidates[-1])
+        if finish_ms(plan) <= timeout_ms:
+            deadline = time.monotonic() + timeout_ms / 1000
+            return Admission(plan, plan is not top, b, deadline)
         retry = str(max(1, math.ceil(backlog / 1000)))
         raise APIError(
             "timeout_ms",

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0: batches form while the previous one runs"
     )
+    degrade_headroom: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a request with timeout_ms and min_budget steps down to a cheaper route while its "
+        "estimated finish exceeds this fraction of timeout_ms",
+    )
     max_queue: int = Field(1024, ge=1, description="queued instances before 429")
     max_instances: int = Field(256, ge=1, description="instances per request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
