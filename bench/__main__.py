@@ -77,17 +77,19 @@ def main(argv: list[str] | None = None) -> dict:
         from models.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
-        with serving.trunkline(args.port, args.threads, scale) as (proc, url):
-            if "budget" in wanted:
-                step("budget_http", serving.http_budget, url, images, scale)
-            if "fanout" in wanted:
-                step("fanout_http", serving.http_fan_out, url, images, scale)
-            if "peers" in wanted:
-                step("peers", serving.peers, url, images, scale, args.threads, args.port + 1)
-            if "overload" in wanted:
-                step("overload", serving.overload, url, images, scale)
-            if "memory" in wanted:
-                step("memory", serving.memory, proc.pid, url, images, scale, args.threads, args.port + 10)
+        if needs_server - {"memory"}:
+            with serving.trunkline(args.port, args.threads, scale) as (_, url):
+                if "budget" in wanted:
+                    step("budget_http", serving.http_budget, url, images, scale)
+                if "fanout" in wanted:
+                    step("fanout_http", serving.http_fan_out, url, images, scale)
+                if "peers" in wanted:
+                    step("peers", serving.peers, url, images, scale, args.threads, args.port + 1)
+                if "overload" in wanted:
+                    step("overload", serving.overload, url, images, scale)
+
+        if "memory" in wanted:  # fresh servers, after the load runs above have finished
+            step("memory", serving.memory, images, scale, args.threads, args.port + 10)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

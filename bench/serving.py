@@ -299,19 +299,20 @@ def _overload_row(arm: str, per_request: int, rate: float, res: list, timeout_ms
     }
 
 
-def memory(server_pid: int, url: str, images: np.ndarray, scale: Scale, threads: int, base_port: int) -> dict:
-    """Resident memory: one Trunkline server with every task and route (warm) vs four
-    single-task servers (the plain FastAPI peer hosting one task each), all warmed with the same
-    64-image requests on every tier (activation memory grows with the batch size)."""
-    for t in TASKS:
-        for tier in TIERS:
-            httpx.post(
-                f"{url}/v1/predict",
-                content=body(images[:64], t, tier),
-                headers={"content-type": "application/json"},
-                timeout=60,
-            )
-    ours = rss_mib(server_pid)
+def memory(images: np.ndarray, scale: Scale, threads: int, base_port: int) -> dict:
+    """Resident memory: one fresh Trunkline server with every task and route vs four fresh
+    single-task servers (the plain FastAPI peer hosting one task each), all warmed with the
+    same 64-image requests on every tier (activation memory grows with the batch size)."""
+    with trunkline(base_port + 4, threads, scale) as (proc, url):
+        for t in TASKS:
+            for tier in TIERS:
+                httpx.post(
+                    f"{url}/v1/predict",
+                    content=body(images[:64], t, tier),
+                    headers={"content-type": "application/json"},
+                    timeout=60,
+                )
+        ours = rss_mib(proc.pid)
     singles = {}
     with ExitStack() as stack:
         for i, task in enumerate(TASKS):
