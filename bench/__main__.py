@@ -21,6 +21,7 @@ import torch
 from bench import model_level, report, serving
 from bench.scale import SCALES
 from models import checkpoint
+from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     model, tables = checkpoint.load("mnist-scenes")
-    rt = RouteTables(model.cfg, tables)
+    rt = RouteTables(ConfigFlops(model.cfg), tables)
     results: dict = {}
 
     def step(name: str, fn, *a):

@@ -171,6 +171,7 @@ def in_process_throughput(
 ) -> float:
     """Instances/s of the same routes called in-process on mixed-task batches of `batch`."""
     from models import checkpoint
+    from models.routes import ConfigFlops
     from routing import Budget, RouteTables
     from server.backends import create_backend
     from server.batcher import WorkItem, run_batch
@@ -178,7 +179,7 @@ def in_process_throughput(
 
     settings = Settings(backend=backend_name, threads=threads)
     model, tables = checkpoint.load(settings.model)
-    rt = RouteTables(model.cfg, tables)
+    rt = RouteTables(ConfigFlops(model.cfg), tables)
     routes = {t: [e.route for e in rows] for t, rows in rt.tables.items()}
     backend = create_backend(backend_name, model, routes, settings)
     plans = [rt.resolve([t], Budget.parse(tier)) for t in TASKS]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TaskKind = Literal["classification", "multilabel", "dense"]
+from models.kinds import KINDS
 
 
 class _Strict(BaseModel):
@@ -42,9 +42,16 @@ class StemConfig(_Strict):
 
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    kind: TaskKind
+    kind: str = Field(description="a task kind of models.kinds.KINDS")
     labels: list[str]
     decoder_hidden: int = 128
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown task kind {value!r}; known: {sorted(KINDS)}")
+        return value
 
     @property
     def num_classes(self) -> int:
@@ -61,6 +68,7 @@ class RouteSpace(_Strict):
 
 class ModelConfig(_Strict):
     name: str
+    family: Literal["image"] = "image"  # models.adapter.FAMILIES: which adapter serves it
     input: InputSpec = InputSpec()
     stem: StemConfig = StemConfig()
     dim: int = 128

@@ -48,6 +48,15 @@ class ClassificationHead(_HiddenMlpHead):
     def forward(self, tokens: torch.Tensor, image: torch.Tensor, width: float = 1.0):
         return self._mlp(self.norm(tokens).mean(dim=1), width)
 
+    @classmethod
+    def build(cls, cfg: ModelConfig, task: TaskSpec) -> ClassificationHead:
+        return cls(cfg.dim, task.decoder_hidden, task.num_classes)
+
+    @staticmethod
+    def flops(cfg: ModelConfig, task: TaskSpec, hidden: int) -> int:
+        """Multiply-adds per sample of the head at `hidden` neurons (pooling left out)."""
+        return cfg.dim * hidden + hidden * task.num_classes
+
     def slice(self, width: float) -> ClassificationHead:
         small = ClassificationHead(self.fc1.in_features, self.hidden_for(width), self.fc2.out_features)
         return self._copy_into(small, width)
@@ -81,6 +90,15 @@ class DenseHead(_HiddenMlpHead):
         logits = (fine + patch).permute(0, 3, 1, 4, 2, 5).reshape(B, C, gh * s, gw * s)
         return torch.addcmul(logits, image, self.pixel_scale[:, None, None])
 
+    @classmethod
+    def build(cls, cfg: ModelConfig, task: TaskSpec) -> DenseHead:
+        return cls(cfg.dim, task.decoder_hidden, task.num_classes, cfg.stem.stride, cfg.grid)
+
+    @staticmethod
+    def flops(cfg: ModelConfig, task: TaskSpec, hidden: int) -> int:
+        N, s2 = cfg.grid[0] * cfg.grid[1], cfg.stem.stride**2
+        return N * (cfg.dim * hidden + hidden * task.num_classes * (1 + s2))
+
     def slice(self, width: float) -> DenseHead:
         small = DenseHead(
             self.fc1.in_features, self.hidden_for(width), self.num_classes, self.stride, self.grid
@@ -91,14 +109,13 @@ class DenseHead(_HiddenMlpHead):
         return self._copy_into(small, width)
 
 
+# the head class of each task kind this (image) family serves
+HEADS: dict[str, type[_HiddenMlpHead]] = {
+    "classification": ClassificationHead,
+    "multilabel": ClassificationHead,
+    "dense": DenseHead,
+}
+
+
 def build_decoder(cfg: ModelConfig, task: TaskSpec) -> nn.Module:
-    if task.kind == "dense":
-        return DenseHead(cfg.dim, task.decoder_hidden, task.num_classes, cfg.stem.stride, cfg.grid)
-    return ClassificationHead(cfg.dim, task.decoder_hidden, task.num_classes)
-
-
-def postprocess(kind: str, logits: torch.Tensor) -> torch.Tensor:
-    """Logits to probabilities, per task kind."""
-    if kind == "multilabel":
-        return torch.sigmoid(logits)
-    return logits.softmax(dim=1 if kind == "dense" else -1)
+    return HEADS[task.kind].build(cfg, task)

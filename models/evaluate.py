@@ -7,68 +7,31 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from models.config import InputSpec, TaskSpec
 from models.data import Scenes
+from models.kinds import kind
 from models.model import TaskRoutedModel
 from models.routes import Route, all_routes, full_flops, request_flops
 
-PRIMARY_METRIC = {
-    "classification": "accuracy",
-    "multilabel": "exact_match",
-    "dense": "miou",
-}
 
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W] -> float [B, 1, H, W] in [0, 1], what the model sees."""
-    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
-
-
-class MetricAccumulator:
-    """Accumulates one task's primary metric over batches."""
-
-    def __init__(self, kind: str, num_classes: int) -> None:
-        self.kind, self.num_classes = kind, num_classes
-        self.correct = 0
-        self.total = 0
-        self.inter = np.zeros(num_classes)
-        self.union = np.zeros(num_classes)
-
-    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
-        if self.kind == "classification":
-            self.correct += int((probs.argmax(-1).numpy() == target).sum())
-            self.total += len(target)
-        elif self.kind == "multilabel":
-            pred = probs.numpy() >= 0.5
-            self.correct += int((pred == (target >= 0.5)).all(axis=1).sum())
-            self.total += len(target)
-        else:
-            pred = probs.argmax(1).numpy().reshape(-1)
-            truth = target.reshape(-1)
-            C = self.num_classes
-            confusion = np.bincount(truth * C + pred, minlength=C * C).reshape(C, C)
-            tp = np.diag(confusion)
-            self.inter += tp
-            self.union += confusion.sum(0) + confusion.sum(1) - tp
-
-    def value(self) -> float:
-        if self.kind == "dense":
-            present = self.union > 0  # classes absent from truth and prediction left out
-            return float((self.inter[present] / self.union[present]).mean())
-        return self.correct / max(self.total, 1)
+def images_to_tensor(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
+    """uint8 [B, H, W] -> float [B, 1, H, W] scaled as the input spec says: what the model sees."""
+    return torch.from_numpy(images).float().mul_(spec.scale).unsqueeze(1)
 
 
 def evaluate(
     run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     scenes: Scenes,
-    kinds: dict[str, tuple[str, int]],
+    tasks: list[TaskSpec],
+    spec: InputSpec,
     batch_size: int = 250,
 ) -> dict[str, float]:
     """Primary metric per task of `run` (image batch -> probabilities per task)."""
-    meters = {t: MetricAccumulator(kind, c) for t, (kind, c) in kinds.items()}
+    meters = {t.name: kind(t.kind).metric(t.num_classes) for t in tasks}
     targets = scenes.targets()
     with torch.inference_mode():
         for i in range(0, len(scenes.images), batch_size):
-            out = run(images_to_tensor(scenes.images[i : i + batch_size]))
+            out = run(images_to_tensor(scenes.images[i : i + batch_size], spec))
             for task, meter in meters.items():
                 meter.update(out[task], targets[task][i : i + batch_size])
     return {t: m.value() for t, m in meters.items()}
@@ -77,11 +40,12 @@ def evaluate(
 def route_scores(model: TaskRoutedModel, scenes: Scenes) -> dict[str, dict[Route, float]]:
     """Score of every route of the route space, per task (trunk shared per route)."""
     cfg = model.cfg
-    kinds = {t.name: (t.kind, t.num_classes) for t in cfg.tasks}
-    scores: dict[str, dict[Route, float]] = {t: {} for t in kinds}
+    scores: dict[str, dict[Route, float]] = {t: {} for t in cfg.task_names}
     model.eval()
     for route in all_routes(cfg):
-        metrics = evaluate(lambda x, r=route: model.predict(x, cfg.task_names, r), scenes, kinds)
+        metrics = evaluate(
+            lambda x, r=route: model.predict(x, cfg.task_names, r), scenes, cfg.tasks, cfg.input
+        )
         for task, value in metrics.items():
             scores[task][route] = value
     return scores
@@ -134,7 +98,7 @@ def build_route_tables(
                     "flops": flops,
                     "flops_fraction": round(flops / full, 4),
                     "score": round(score, 4),
-                    "metric": PRIMARY_METRIC[cfg.task(task).kind],
+                    "metric": kind(cfg.task(task).kind).metric_name,
                     "params": params,
                 }
             )

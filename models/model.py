@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from models.config import ModelConfig
-from models.decoders import build_decoder, postprocess
+from models.decoders import build_decoder
+from models.kinds import kind
 from models.layers import Block, MoeBlock
 from models.routes import Route
 from models.trunk import Trunk
@@ -15,16 +16,16 @@ from models.trunk import Trunk
 class TaskPath(nn.Module):
     """One task's dense path after the trunk: task-zone blocks, then its decoder."""
 
-    def __init__(self, kind: str, blocks: list[Block], decoder: nn.Module) -> None:
+    def __init__(self, kind_name: str, blocks: list[Block], decoder: nn.Module) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind = kind(kind_name)
         self.blocks = nn.ModuleList(blocks)
         self.decoder = decoder
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             tokens = block(tokens)
-        return postprocess(self.kind, self.decoder(tokens, image))
+        return self.kind.activate(self.decoder(tokens, image))
 
 
 class RouteModule(nn.Module):
@@ -77,7 +78,7 @@ class TaskRoutedModel(nn.Module):
     @torch.no_grad()
     def predict(self, image: torch.Tensor, tasks: list[str], route: Route) -> dict[str, torch.Tensor]:
         logits = self(image, tasks, route)
-        return {t: postprocess(self.cfg.task(t).kind, v) for t, v in logits.items()}
+        return {t: kind(self.cfg.task(t).kind).activate(v) for t, v in logits.items()}
 
     # -- subnetworks --------------------------------------------------------------------
     def experts(self, task: str, k: int) -> list[list[int]]:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from models.config import ModelConfig
+from models.decoders import HEADS
 
 _ROUTE_ID = re.compile(r"^w(\d+)-k(\d+)-d(\d+)$")
 
@@ -74,12 +75,7 @@ def task_flops(cfg: ModelConfig, task: str, route: Route) -> int:
     heads = round(cfg.heads * route.width)
     zone = cfg.task_depth * _block_flops(cfg, heads, route.experts * cfg.expert_hidden)
     hid = max(1, round(spec.decoder_hidden * route.decoder_width))
-    if spec.kind == "dense":
-        N, s2 = cfg.grid[0] * cfg.grid[1], cfg.stem.stride**2
-        dec = N * (cfg.dim * hid + hid * spec.num_classes * (1 + s2))
-    else:
-        dec = cfg.dim * hid + hid * spec.num_classes
-    return zone + 2 * dec
+    return zone + 2 * HEADS[spec.kind].flops(cfg, spec, hid)
 
 
 def request_flops(cfg: ModelConfig, width: float, routes: dict[str, Route]) -> int:
@@ -90,3 +86,16 @@ def request_flops(cfg: ModelConfig, width: float, routes: dict[str, Route]) -> i
 def full_flops(cfg: ModelConfig, tasks: list[str]) -> int:
     full = full_route(cfg)
     return request_flops(cfg, full.width, {t: full for t in tasks})
+
+
+class ConfigFlops:
+    """The FLOPs model of a config, in the form routing asks for (`routing.FlopsModel`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+
+    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
+        return request_flops(self.cfg, width, routes)
+
+    def full_flops(self, tasks: list[str]) -> int:
+        return full_flops(self.cfg, tasks)

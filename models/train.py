@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from models import checkpoint
-from models.config import ModelConfig, mnist_scenes_config
+from models.config import InputSpec, ModelConfig, mnist_scenes_config
 from models.data import make_scenes
 from models.evaluate import build_route_tables, evaluate, images_to_tensor, route_scores
-from models.losses import distill_loss, feature_distill_loss, task_loss
+from models.kinds import kind
+from models.losses import feature_distill_loss
 from models.model import TaskRoutedModel
 from models.routes import Route, all_routes, full_route
 
@@ -87,10 +88,12 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _batch(recipe: Recipe, step: int, phase: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _batch(
+    recipe: Recipe, step: int, phase: int, spec: InputSpec
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     scenes = make_scenes(recipe.batch_size, "train", seed=recipe.seed * 1_000_003 + phase * 100_000 + step)
     targets = {k: torch.from_numpy(v) for k, v in scenes.targets().items()}
-    return images_to_tensor(scenes.images), targets
+    return images_to_tensor(scenes.images, spec), targets
 
 
 def _task_losses(model, tokens, image, targets, route, weights, teacher=None, distill_weight=0.0):
@@ -103,11 +106,11 @@ def _task_losses(model, tokens, image, targets, route, weights, teacher=None, di
     total, logits = 0.0, {}
     T = len(model.cfg.task_names)
     for i, task in enumerate(model.cfg.task_names):
-        kind = model.cfg.task(task).kind
+        k = kind(model.cfg.task(task).kind)
         out = model.forward_task(tokens[i::T], image[i::T], task, route)
-        loss = task_loss(kind, out, targets[task][i::T])
+        loss = k.loss(out, targets[task][i::T])
         if teacher is not None:
-            loss = (1 - distill_weight) * loss + distill_weight * distill_loss(kind, out, teacher[task])
+            loss = (1 - distill_weight) * loss + distill_weight * k.distill(out, teacher[task])
         total = total + weights.get(task, 1.0) * loss
         logits[task] = out.detach()
     return total, logits
@@ -154,7 +157,7 @@ class Trainer:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, r.full_steps, r.lr, r.warmup_steps)
-            image, targets = _batch(r, step, phase=1)
+            image, targets = _batch(r, step, 1, self.cfg.input)
             tokens = self.model.forward_trunk(image, route.width)
             loss, _ = _task_losses(self.model, tokens, image, targets, route, r.task_weights)
             loss = loss + r.balance_weight * self.model.balance_loss()
@@ -174,10 +177,9 @@ class Trainer:
     def quick_val(self, route: Route, n: int = 300) -> dict[str, float]:
         """Validation metrics of one route on a few scenes: progress in the log."""
         self.model.eval()
-        kinds = {t.name: (t.kind, t.num_classes) for t in self.cfg.tasks}
         scenes = make_scenes(n, "train", seed=VAL_SEED)
         run = lambda x: self.model.predict(x, self.cfg.task_names, route)  # noqa: E731
-        return {t: round(v, 4) for t, v in evaluate(run, scenes, kinds).items()}
+        return {t: round(v, 4) for t, v in evaluate(run, scenes, self.cfg.tasks, self.cfg.input).items()}
 
     def train_sandwich(self) -> None:
         """Phase 3: full + smallest + random routes per step, students distilled in place."""
@@ -192,7 +194,7 @@ class Trainer:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, r.sandwich_steps, r.sandwich_lr, r.warmup_steps)
-            image, targets = _batch(r, step, phase=3)
+            image, targets = _batch(r, step, 3, self.cfg.input)
             opt.zero_grad(set_to_none=True)
             tokens = self.model.forward_trunk(image, full.width)
             loss, teacher = _task_losses(self.model, tokens, image, targets, full, r.task_weights)
@@ -243,8 +245,7 @@ def test_metrics_by_tier(model: TaskRoutedModel, tables: dict, scenes) -> dict[s
     """Per task: the metric of its full route and of its best route within 0.25 FLOPs."""
     result = {}
     for task, rows in tables.items():
-        kind = model.cfg.task(task)
-        kinds = {task: (kind.kind, kind.num_classes)}
+        spec = model.cfg.task(task)
         low = max((row for row in rows if row["flops_fraction"] <= 0.25), key=lambda x: x["score"])
         entry = {}
         for tier, row in (("max", rows[-1]), ("low", low)):
@@ -252,7 +253,7 @@ def test_metrics_by_tier(model: TaskRoutedModel, tables: dict, scenes) -> dict[s
             entry[tier] = {
                 "route": row["id"],
                 "flops_fraction": row["flops_fraction"],
-                "score": round(evaluate(module, scenes, kinds)[task], 4),
+                "score": round(evaluate(module, scenes, [spec], model.cfg.input)[task], 4),
             }
         result[task] = entry
     return result

@@ -12,10 +12,18 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
-from models.config import ModelConfig
-from models.routes import Route, full_flops, request_flops, trunk_flops
+from models.routes import Route
 from routing.budget import Budget
+
+
+class FlopsModel(Protocol):
+    """What routing needs of a model: FLOPs per sample of a plan (model adapters are one)."""
+
+    def request_flops(self, width: float, routes: dict[str, Route]) -> int: ...
+
+    def full_flops(self, tasks: list[str]) -> int: ...
 
 
 class UnsatisfiableBudget(ValueError):
@@ -65,8 +73,8 @@ class Plan:
 class RouteTables:
     """Per-task route tables of one model, with budget resolution."""
 
-    def __init__(self, cfg: ModelConfig, tables: dict[str, list[dict]]) -> None:
-        self.cfg = cfg
+    def __init__(self, flops: FlopsModel, tables: dict[str, list[dict]]) -> None:
+        self.flops = flops
         self.tables: dict[str, list[RouteEntry]] = {}
         for task, rows in tables.items():
             entries = [
@@ -101,12 +109,12 @@ class RouteTables:
 
     def _enumerate(self, tasks: tuple[str, ...], weights: tuple[float, ...]) -> list[Plan]:
         """All plans for a task set, sorted best first (score desc, then FLOPs desc)."""
-        full = full_flops(self.cfg, list(tasks))
+        full = self.flops.full_flops(list(tasks))
         plans = []
         for width in self.widths:
             options = [[e for e in self.tables[t] if e.route.width == width] for t in tasks]
             for combo in itertools.product(*options):
-                flops = request_flops(self.cfg, width, {e.task: e.route for e in combo})
+                flops = self.flops.request_flops(width, {e.task: e.route for e in combo})
                 score = sum(w * e.score for w, e in zip(weights, combo)) / sum(weights)
                 plans.append(Plan(width, tuple(combo), flops, flops / full, score))
         plans.sort(key=lambda p: (-p.score, -p.flops))
@@ -179,9 +187,6 @@ class RouteTables:
                 fastest.flops_fraction,
             )
         return fitting[0]
-
-    def trunk_fraction(self, tasks: list[str], width: float) -> float:
-        return trunk_flops(self.cfg, width) / full_flops(self.cfg, tasks)
 
 
 def _bucket(table: dict[int, float], batch: int) -> int:

@@ -43,13 +43,13 @@ def _eval(args: argparse.Namespace) -> None:
     from models import checkpoint
     from models.data import make_scenes
     from models.evaluate import evaluate
-    from models.routes import Route
+    from models.routes import ConfigFlops, Route
     from models.train import TEST_SEED
     from routing import Budget, RouteTables
 
     model, tables = checkpoint.load(args.model)
     scenes = make_scenes(args.scenes, "test", seed=TEST_SEED)
-    routing = RouteTables(model.cfg, tables)
+    routing = RouteTables(ConfigFlops(model.cfg), tables)
     result = {}
     for task, rows in tables.items():
         spec = model.cfg.task(task)
@@ -60,7 +60,7 @@ def _eval(args: argparse.Namespace) -> None:
         result[task] = []
         for row in rows:
             module = model.extract({task: Route.parse(row["id"])})
-            score = evaluate(module, scenes, {task: (spec.kind, spec.num_classes)})[task]
+            score = evaluate(module, scenes, [spec], model.cfg.input)[task]
             result[task].append(
                 {
                     "route": row["id"],

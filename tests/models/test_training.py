@@ -9,7 +9,7 @@ import torch
 from models import checkpoint
 from models.data import make_scenes
 from models.evaluate import evaluate, images_to_tensor
-from models.losses import task_loss
+from models.kinds import kind
 from models.routes import Route
 from models.train import TEST_SEED, train
 
@@ -45,14 +45,16 @@ def test_short_run_beats_chance_on_every_task(tiny_run):
     test = make_scenes(400, "test", seed=6)
     with torch.no_grad():
         logits = model(
-            images_to_tensor(test.images), model.cfg.task_names, Route.parse(tables["count"][-1]["id"])
+            images_to_tensor(test.images, model.cfg.input),
+            model.cfg.task_names,
+            Route.parse(tables["count"][-1]["id"]),
         )
     for task, limit in MAX_LOSS_VS_CHANCE.items():
         spec = model.cfg.task(task)
         target = torch.from_numpy(test.targets()[task])
-        loss = task_loss(spec.kind, logits[task], target).item()
+        loss = kind(spec.kind).loss(logits[task], target).item()
         prior = chance_logits(spec.kind, spec.num_classes, train_targets[task], len(target))
-        chance = task_loss(spec.kind, prior, target).item()
+        chance = kind(spec.kind).loss(prior, target).item()
         assert loss < limit * chance, (task, loss, chance)
 
 
@@ -74,9 +76,8 @@ TARGETS = {"count": 0.99, "presence": 0.90, "sum": 0.85, "segment": 0.75}
 def test_bundled_checkpoint_meets_full_route_targets():
     model, tables = checkpoint.load("mnist-scenes")
     scenes = make_scenes(2000, "test", seed=TEST_SEED)  # the card's test scenes
-    kinds = {t.name: (t.kind, t.num_classes) for t in model.cfg.tasks}
     route = Route.parse(tables["count"][-1]["id"])
     assert route == Route(1.0, 4, 1.0)
-    scores = evaluate(model.extract(route), scenes, kinds)
+    scores = evaluate(model.extract(route), scenes, model.cfg.tasks, model.cfg.input)
     for task, target in TARGETS.items():
         assert scores[task] >= target, (task, scores[task])

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from models.config import mnist_scenes_config
-from models.routes import Route, full_flops, request_flops
+from models.routes import ConfigFlops, Route, full_flops, request_flops
 from routing import Budget, BudgetError, RouteTables, UnsatisfiableBudget
 
 CFG = mnist_scenes_config()
@@ -32,7 +32,7 @@ def tables(scores=(0.80, 0.85, 0.90, 0.93, 0.95)) -> RouteTables:
             }
             for r, s in zip(FRONTIER, scores)
         ]
-    return RouteTables(CFG, rows)
+    return RouteTables(ConfigFlops(CFG), rows)
 
 
 @pytest.mark.parametrize(

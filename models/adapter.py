@@ -1,0 +1,155 @@
+"""Model adapters: one class per model family owns everything family-specific, so that the
+server hosts any family through one interface (LitServe's LitAPI and KServe's Model play
+this part): the input spec and its decoding, the route tables and their FLOPs, the modules
+that backends run, and the task specs whose kinds encode outputs.
+
+A family registers its adapter class in `FAMILIES` under the name that a checkpoint's
+`config.json` gives in its `family` field ("image" when absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from torch import nn
+
+from models.config import TaskSpec
+from models.routes import Route
+
+
+class InputError(ValueError):
+    """An input that cannot be decoded; `field` names where it is in the request."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message if field in message else f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One Open Inference Protocol input tensor, as the request carried it: `data` from
+    JSON or `raw` bytes from the binary extension (exactly one of them)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list | None = None
+    raw: bytes | None = None
+
+
+class ModelAdapter:
+    """The interface the server uses; a family subclasses it."""
+
+    family: ClassVar[str]
+    input_name: ClassVar[str]  # the v1 instance key and the OIP input tensor name
+
+    def __init__(self, path: Path, name: str, version: str) -> None:
+        self.path, self.name, self.version = path, name, version
+
+    # -- what the model is ------------------------------------------------------------
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        raise NotImplementedError
+
+    @property
+    def route_rows(self) -> dict[str, list[dict]]:
+        """routes.json: per task its route table (id, flops, flops_fraction, score, params)."""
+        raise NotImplementedError
+
+    def input_metadata(self) -> dict:
+        """What /v1/models/{m} says of the input."""
+        raise NotImplementedError
+
+    def tensor_inputs(self) -> list[dict]:
+        """The OIP input metadata."""
+        raise NotImplementedError
+
+    def output_shape(self, task: str) -> list[int]:
+        """Per-instance shape of a task's dense output (unused by pooled kinds)."""
+        return []
+
+    def experts(self, task: str, k: int) -> list[list[int]]:
+        """The experts a task's path uses at k, per task-zone block (for receipts)."""
+        raise NotImplementedError
+
+    # -- FLOPs (routing asks these) ---------------------------------------------------
+    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
+        raise NotImplementedError
+
+    def full_flops(self, tasks: list[str]) -> int:
+        raise NotImplementedError
+
+    # -- decoding ---------------------------------------------------------------------
+    def decode_instance(self, value: object, field: str) -> np.ndarray:
+        """One /v1 instance's input value -> the model's input for it (raises InputError)."""
+        raise NotImplementedError
+
+    def decode_tensor(self, tensor: Tensor, field: str) -> np.ndarray:
+        """An OIP input tensor -> the model's input batch (raises InputError)."""
+        raise NotImplementedError
+
+    def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Requests' decoded inputs -> one batch for the trunk."""
+        return np.concatenate(inputs)
+
+    def example_batch(self, n: int) -> np.ndarray:
+        """A batch of n synthetic inputs, for calibration and export."""
+        raise NotImplementedError
+
+    # -- what backends run ------------------------------------------------------------
+    def trunk_module(self, width: float) -> nn.Module:
+        """An ordinary module: batch -> trunk tokens at `width`."""
+        raise NotImplementedError
+
+    def path_module(self, task: str, route: Route) -> nn.Module:
+        """An ordinary module: (tokens, batch) -> the task's probabilities at `route`."""
+        raise NotImplementedError
+
+    def export_onnx(self, routes: dict[str, list[Route]], out: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A hash of the checkpoint's files: keys caches (ONNX graphs, calibration)."""
+        digest = hashlib.sha256(self.family.encode())
+        for file in sorted(p for p in self.path.iterdir() if p.is_file()):
+            digest.update(file.name.encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        return digest.hexdigest()[:16]
+
+
+FAMILIES: dict[str, type[ModelAdapter]] = {}
+
+
+def register(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def family_of(path: Path) -> str:
+    """The family named by a checkpoint's config.json ("image" when it names none)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "image"  # the adapter's own load reports what is wrong with the file
+    return config.get("family", "image") if isinstance(config, dict) else "image"
+
+
+def load_adapter(path: str | Path, name: str | None = None, version: str = "1") -> ModelAdapter:
+    """The adapter of the checkpoint at `path` (a directory or a bundled model's name)."""
+    from models import (
+        checkpoint,  # noqa: PLC0415 - families import this module
+        image,  # noqa: F401, PLC0415 - registers the bundled families
+    )
+
+    path = checkpoint.resolve(path)
+    family = family_of(path)
+    if family not in FAMILIES:
+        raise checkpoint.CheckpointError(
+            f"{path / 'config.json'}: unknown model family {family!r}; known: {sorted(FAMILIES)}"
+        )
+    return FAMILIES[family](path, name or path.name, version)

@@ -1,0 +1,189 @@
+"""The image family's model adapter: MNIST-Scenes-style checkpoints (a conv stem and
+transformer trunk over one-channel images), served through `models.adapter.ModelAdapter`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from models import checkpoint
+from models.adapter import InputError, ModelAdapter, Tensor, register
+from models.config import TaskSpec
+from models.export import export_routes
+from models.routes import ConfigFlops, Route
+
+DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
+
+
+@register
+class ImageAdapter(ModelAdapter):
+    family = "image"
+    input_name = "image"
+
+    def __init__(self, path: Path, name: str, version: str) -> None:
+        super().__init__(path, name, version)
+        self.model, self._tables = checkpoint.load(path)
+        self.cfg = self.model.cfg
+        self.spec = self.cfg.input
+        self._tasks = {t.name: t for t in self.cfg.tasks}
+        self._flops = ConfigFlops(self.cfg)
+
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        return self._tasks
+
+    @property
+    def route_rows(self) -> dict[str, list[dict]]:
+        return self._tables
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.spec.height, self.spec.width
+
+    def input_metadata(self) -> dict:
+        return {
+            "name": "image",
+            "shape": list(self.shape),
+            "dtype": self.spec.dtype,
+            "formats": ["base64 PNG", "nested list 0-255"],
+        }
+
+    def tensor_inputs(self) -> list[dict]:
+        return [{"name": "image", "datatype": "UINT8", "shape": [-1, *self.shape]}]
+
+    def output_shape(self, task: str) -> list[int]:
+        return list(self.shape)
+
+    def experts(self, task: str, k: int) -> list[list[int]]:
+        return self.model.experts(task, k)
+
+    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
+        return self._flops.request_flops(width, routes)
+
+    def full_flops(self, tasks: list[str]) -> int:
+        return self._flops.full_flops(tasks)
+
+    # -- decoding: uint8 pixels, scaled by the input spec only --------------------------
+    def _scaled(self, pixels: np.ndarray) -> np.ndarray:
+        return pixels.astype(np.float32) * np.float32(self.spec.scale)
+
+    def decode_instance(self, value: object, field: str) -> np.ndarray:
+        if isinstance(value, str):
+            return self._scaled(decode_png(value, field, self.shape))[None]
+        if isinstance(value, list):
+            return self._scaled(decode_pixel_rows(value, field, self.shape))[None]
+        h, w = self.shape
+        raise InputError(field, f"must be a base64 PNG string or a {h}x{w} nested list of numbers 0-255")
+
+    def decode_tensor(self, tensor: Tensor, field: str) -> np.ndarray:
+        """UINT8 (0-255) or FP32 (already scaled to [0, 1]), shape [N, H, W] or [N, 1, H, W]."""
+        if tensor.datatype not in DTYPES:
+            raise InputError(
+                f"{field}.datatype", f"image datatype must be UINT8 or FP32, got {tensor.datatype}"
+            )
+        shape = list(tensor.shape)
+        if len(shape) == 4 and shape[1] == 1:
+            shape = [shape[0], shape[2], shape[3]]
+        h, w = self.shape
+        if len(shape) != 3 or shape[1:] != [h, w] or shape[0] < 1:
+            raise InputError(f"{field}.shape", f"image shape must be [N, {h}, {w}], got {tensor.shape}")
+        dtype, count = np.dtype(DTYPES[tensor.datatype]), int(np.prod(shape))
+        if tensor.raw is not None:
+            if len(tensor.raw) != count * dtype.itemsize:
+                raise InputError(
+                    f"{field}.parameters.binary_data_size",
+                    f"binary_data_size {len(tensor.raw)} does not match shape {tensor.shape} of "
+                    f"{tensor.datatype} ({count * dtype.itemsize} bytes)",
+                )
+            array = np.frombuffer(tensor.raw, dtype=dtype)
+        else:
+            array = _numbers(tensor.data, f"{field}.data")
+            if array.size != count:
+                raise InputError(
+                    f"{field}.data", f"image data has {array.size} values; shape {tensor.shape} needs {count}"
+                )
+        array = array.reshape(shape)
+        if dtype == np.uint8:
+            if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
+                raise InputError(f"{field}.data", "UINT8 image values must be in [0, 255]")
+            return self._scaled(array)
+        if array.min() < 0 or array.max() > 1:
+            raise InputError(f"{field}.data", "FP32 image values must be in [0, 1] (already scaled)")
+        return array.astype(np.float32)
+
+    def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(inputs)[:, None]  # [B, 1, H, W]
+
+    def example_batch(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        return rng.random((n, self.spec.channels, *self.shape), np.float32)
+
+    # -- what backends run ------------------------------------------------------------
+    def trunk_module(self, width: float) -> nn.Module:
+        return self.model.extract_trunk(width)
+
+    def path_module(self, task: str, route: Route) -> nn.Module:
+        return self.model.extract_path(task, route)
+
+    def export_onnx(self, routes: dict[str, list[Route]], out: Path) -> list[Path]:
+        return export_routes(self.model, routes, out)
+
+
+def _numbers(data: object, field: str) -> np.ndarray:
+    """JSON numbers as float64; booleans, strings and nulls are refused, never coerced."""
+    try:
+        array = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(field, "must contain only numbers") from None
+    if array.size and not _all_numbers(data):
+        raise InputError(field, "must contain only numbers (not booleans)")
+    if not np.isfinite(array).all():
+        raise InputError(field, "must contain only finite numbers")
+    return array
+
+
+def _all_numbers(data: object) -> bool:
+    if isinstance(data, list):
+        return all(_all_numbers(x) for x in data)
+    return isinstance(data, (int, float)) and not isinstance(data, bool)
+
+
+def decode_png(data: str, field: str, shape: tuple[int, int]) -> np.ndarray:
+    """A base64 PNG (a `data:image/png;base64,` prefix is accepted) -> uint8 [H, W]."""
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if not header.endswith(";base64") or not header.startswith("data:image/png"):
+            raise InputError(field, "a data URL must be 'data:image/png;base64,<base64 PNG>'")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(field, "is not valid base64 (expected a base64-encoded PNG)") from None
+    try:
+        with Image.open(io.BytesIO(raw), formats=("PNG",)) as img:
+            if img.size != (shape[1], shape[0]):
+                raise InputError(
+                    field, f"must be {shape[1]}x{shape[0]} pixels, got {img.size[0]}x{img.size[1]}"
+                )
+            return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise InputError(field, "must be a PNG image") from None
+    except (OSError, Image.DecompressionBombError):
+        raise InputError(field, "is not a decodable PNG image") from None
+
+
+def decode_pixel_rows(data: list, field: str, shape: tuple[int, int]) -> np.ndarray:
+    """A nested list of H rows of W numbers 0-255 -> uint8 [H, W]."""
+    h, w = shape
+    if len(data) != h or any(not isinstance(r, list) or len(r) != w for r in data):
+        got = f"a list of {len(data)}" if data and not isinstance(data[0], list) else "another shape"
+        raise InputError(field, f"must be {h} rows of {w} numbers 0-255 (grayscale), got {got}")
+    array = _numbers(data, field).reshape(h, w)
+    if array.min() < 0 or array.max() > 255:
+        raise InputError(field, "values must be numbers in [0, 255]")
+    return array.round().astype(np.uint8)

@@ -1,0 +1,201 @@
+"""Task kinds: everything that differs between a classification, multi-label or dense task,
+in one class per kind, found by name in `KINDS` (as timm finds layers in its registries).
+
+A kind knows how its logits become probabilities, its training and distillation losses,
+its metric, and how one task's outputs are written for the two wire formats (a JSON object
+per instance for /v1, named tensors for the Open Inference Protocol). Adding a kind is one
+class here; nothing else branches on the kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+class Metric:
+    """Accumulates one task's primary metric over batches of (probabilities, targets)."""
+
+    def __init__(self) -> None:
+        self.correct, self.total = 0, 0
+
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def value(self) -> float:
+        return self.correct / max(self.total, 1)
+
+
+class _Accuracy(Metric):
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        self.correct += int((probs.argmax(-1).numpy() == target).sum())
+        self.total += len(target)
+
+
+class _ExactMatch(Metric):
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        self.correct += int(((probs.numpy() >= 0.5) == (target >= 0.5)).all(axis=1).sum())
+        self.total += len(target)
+
+
+class _MeanIoU(Metric):
+    """Mean IoU over classes; classes absent from both truth and prediction are left out."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.inter, self.union = np.zeros(num_classes), np.zeros(num_classes)
+
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        C = len(self.inter)
+        pred, truth = probs.argmax(1).numpy().reshape(-1), target.reshape(-1)
+        confusion = np.bincount(truth * C + pred, minlength=C * C).reshape(C, C)
+        tp = np.diag(confusion)
+        self.inter += tp
+        self.union += confusion.sum(0) + confusion.sum(1) - tp
+
+    def value(self) -> float:
+        present = self.union > 0
+        return float((self.inter[present] / self.union[present]).mean())
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, dim: int) -> torch.Tensor:
+    log_p, q = F.log_softmax(student, dim=dim), F.softmax(teacher, dim=dim)
+    return (q * (q.clamp_min(1e-8).log() - log_p)).sum(dim=dim).mean()
+
+
+class TaskKind:
+    """One kind of task output. Probabilities are what backends return and encoders read."""
+
+    name: ClassVar[str]
+    metric_name: ClassVar[str]
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Loss that matches the full route's output (teacher logits, detached)."""
+        raise NotImplementedError
+
+    def metric(self, num_classes: int) -> Metric:
+        raise NotImplementedError
+
+    def to_json(self, probs: np.ndarray, labels: list[str], options: dict) -> dict:
+        """One instance's output in /v1 (probs: this instance's row)."""
+        raise NotImplementedError
+
+    def to_tensors(self, task: str, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """A batch's outputs as Open Inference Protocol tensors, by output name."""
+        raise NotImplementedError
+
+    def tensor_specs(self, task: str, num_classes: int, output_shape: list[int]) -> list[dict]:
+        """The OIP output metadata matching `to_tensors` (-1: the batch axis)."""
+        raise NotImplementedError
+
+
+class Classification(TaskKind):
+    name, metric_name = "classification", "accuracy"
+
+    def activate(self, logits):
+        return logits.softmax(-1)
+
+    def loss(self, logits, target):
+        return F.cross_entropy(logits, target)
+
+    def distill(self, student, teacher):
+        return _kl(student, teacher, dim=-1)
+
+    def metric(self, num_classes):
+        return _Accuracy()
+
+    def to_json(self, probs, labels, options):
+        idx = int(probs.argmax())
+        return {"label": labels[idx], "index": idx, "scores": probs.tolist()}
+
+    def to_tensors(self, task, probs):
+        return {f"{task}_scores": probs.astype(np.float32), f"{task}_label": probs.argmax(1).astype(np.int64)}
+
+    def tensor_specs(self, task, num_classes, output_shape):
+        return [
+            {"name": f"{task}_scores", "datatype": "FP32", "shape": [-1, num_classes]},
+            {"name": f"{task}_label", "datatype": "INT64", "shape": [-1]},
+        ]
+
+
+class MultiLabel(TaskKind):
+    name, metric_name = "multilabel", "exact_match"
+
+    def activate(self, logits):
+        return torch.sigmoid(logits)
+
+    def loss(self, logits, target):
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def distill(self, student, teacher):
+        return F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+
+    def metric(self, num_classes):
+        return _ExactMatch()
+
+    def to_json(self, probs, labels, options):
+        return {"labels": [labels[i] for i in np.flatnonzero(probs >= 0.5)], "scores": probs.tolist()}
+
+    def to_tensors(self, task, probs):
+        return {f"{task}_scores": probs.astype(np.float32)}
+
+    def tensor_specs(self, task, num_classes, output_shape):
+        return [{"name": f"{task}_scores", "datatype": "FP32", "shape": [-1, num_classes]}]
+
+
+class Dense(TaskKind):
+    """Per-pixel classes [B, C, H, W]; served as a mask of class indices."""
+
+    name, metric_name = "dense", "miou"
+
+    def activate(self, logits):
+        return logits.softmax(1)
+
+    def loss(self, logits, target):
+        return F.cross_entropy(logits, target)
+
+    def distill(self, student, teacher):
+        return _kl(student, teacher, dim=1)
+
+    def metric(self, num_classes):
+        return _MeanIoU(num_classes)
+
+    def to_json(self, probs, labels, options):
+        mask = probs.argmax(0).astype(np.uint8)
+        if options.get("mask_format") == "png":
+            return {"mask": encode_png(mask), "mask_format": "png"}
+        return {"mask": mask.tolist()}
+
+    def to_tensors(self, task, probs):
+        return {f"{task}_mask": probs.argmax(1).astype(np.uint8)}
+
+    def tensor_specs(self, task, num_classes, output_shape):
+        return [{"name": f"{task}_mask", "datatype": "UINT8", "shape": [-1, *output_shape]}]
+
+
+def encode_png(mask: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, MultiLabel, Dense)}
+
+
+def kind(name: str) -> TaskKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown task kind {name!r}; known: {sorted(KINDS)}") from None
