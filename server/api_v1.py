@@ -1,4 +1,7 @@
-"""The /v1 API: models, and budget-routed predictions with a route receipt."""
+"""The /v1 API: hosted models, and budget-routed predictions with a route receipt.
+
+HTTP only: the repository finds the model, its adapter decodes the inputs, its engine
+admits and runs them, the task kinds encode the outputs."""
 
 from __future__ import annotations
 
@@ -8,91 +11,71 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.codec import decode_image, encode_png
-from server.deps import body_bytes, check_model, ready_engine, require_auth, serve_request
-from server.engine import Engine
-from server.errors import APIError, loads, parse_model
-from server.responses import json_response
-from server.schemas import ErrorResponse, PredictRequest, PredictResponse
+from server.engine import Engine, RequestOptions
+from server.errors import InvalidInput, ModelNotFound, TooLarge, UnsupportedMediaType
+from server.http import V1Route, body_bytes, model_response, parse_json, require_auth
+from server.repository import ModelRepository
+from server.schemas import ErrorResponse, ModelList, ModelSummary, PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_auth)])
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_auth)], route_class=V1Route)
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 422, 429, 503)}
 
 
-def model_summary(engine: Engine) -> dict:
-    return {"name": engine.name, "tasks": engine.cfg.task_names, "ready": engine.ready}
+def repository(request: Request) -> ModelRepository:
+    return request.app.state.repository
 
 
-@router.get("/models")
-def list_models(request: Request) -> dict:
-    return {"models": [model_summary(request.app.state.engine)]}
+@router.get("/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
+def list_models(request: Request) -> Response:
+    repo = repository(request)
+    return model_response(ModelList(models=[ModelSummary(**repo.summary(s)) for s in repo.slots.values()]))
 
 
 @router.get("/models/{model}", responses=ERRORS)
 def describe_model(model: str, request: Request) -> dict:
-    engine = check_model(request.app.state.engine, model)
-    spec = engine.cfg.input
-    tables = engine.tables
-    return {
-        **model_summary(engine),
-        "input": {
-            "name": "image",
-            "shape": [spec.height, spec.width],
-            "dtype": spec.dtype,
-            "formats": ["base64 PNG", "nested list 0-255"],
-        },
-        "default_budget": engine.default_budget.label,
-        "backend": engine.backend.name,
-        "tasks": {
-            t.name: {
-                "kind": t.kind,
-                "labels": t.labels,
-                "routes": [
-                    {
-                        "id": e.id,
-                        "flops": e.flops,
-                        "flops_fraction": e.flops_fraction,
-                        "score": e.score,
-                        "params": e.params,
-                        "latency_ms": {str(b): round(tables.route_latency_ms(e, b), 3) for b in e.latency_ms},
-                    }
-                    for e in tables.tables[t.name]
-                ],
-            }
-            for t in engine.cfg.tasks
-        },
-    }
+    repo = repository(request)
+    slot = repo._slot(model)
+    if slot.engine is None:
+        raise ModelNotFound(f"model {model!r} is not loaded ({slot.reason})", "model")
+    return {**repo.summary(slot), **slot.engine.describe()}
 
 
-def check_instances(req: PredictRequest, engine: Engine) -> int:
-    limit = engine.settings.max_instances
-    if len(req.inputs) > limit:
-        raise APIError(
-            "inputs",
-            f"inputs has {len(req.inputs)} instances; the limit is {limit}",
-            413,
-            "too_many_instances",
+def request_options(req: PredictRequest) -> RequestOptions:
+    if (req.task is None) == (req.tasks is None):
+        raise InvalidInput("give exactly one of `task` (one task) or `tasks` (several)", "task")
+    if req.task is not None:
+        tasks, field = [req.task], "task"
+    else:
+        field = "tasks"
+        tasks = (
+            [t.strip() for t in req.tasks.split(",") if t.strip()]
+            if isinstance(req.tasks, str)
+            else req.tasks
         )
-    return len(req.inputs)
+    return RequestOptions(
+        tasks=list(tasks),
+        field=field,
+        budget=req.budget,
+        min_budget=req.min_budget,
+        timeout_ms=req.timeout_ms,
+        latency_ms=req.latency_ms,
+        task_weights=req.task_weights,
+        priority=req.priority or 0,
+    )
 
 
 def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
-    shape = (engine.cfg.input.height, engine.cfg.input.width)
-    images = [decode_image(x.image, f"inputs.{i}.image", shape) for i, x in enumerate(req.inputs)]
-    return np.stack(images).astype(np.float32) * np.float32(1 / 255)
-
-
-def encode_output(kind: str, labels: list[str], probs: np.ndarray, mask_format: str) -> dict:
-    if kind == "classification":
-        idx = int(probs.argmax())
-        return {"label": labels[idx], "index": idx, "scores": probs.tolist()}
-    if kind == "multilabel":
-        return {"labels": [labels[i] for i in np.flatnonzero(probs >= 0.5)], "scores": probs.tolist()}
-    mask = probs.argmax(0).astype(np.uint8)
-    if mask_format == "png":
-        return {"mask": encode_png(mask), "mask_format": "png"}
-    return {"mask": mask.tolist()}
+    """Each instance {input_name: value} -> the adapter's decoded batch."""
+    adapter, name = engine.adapter, engine.adapter.input_name
+    decoded = []
+    for i, instance in enumerate(req.inputs):
+        field = f"inputs.{i}"
+        extra = sorted(set(instance) - {name})
+        if name not in instance or extra:
+            raise InvalidInput(f"each instance must be an object with exactly the key {name!r}", field)
+        decoded.append(adapter.decode_instance(instance[name], f"{field}.{name}"))
+    return np.concatenate(decoded)
 
 
 @router.post(
@@ -110,36 +93,32 @@ def encode_output(kind: str, labels: list[str], probs: np.ndarray, mask_format: 
         }
     },
 )
-async def predict(request: Request, engine: Engine = Depends(ready_engine)) -> Response:
+async def predict(request: Request) -> Response:
     started = time.perf_counter()
     if not request.headers.get("content-type", "").startswith("application/json"):
-        raise APIError("content-type", "content-type must be application/json", 415, "unsupported_media_type")
-    req = parse_model(PredictRequest, loads(await body_bytes(request)))
-    if req.model is not None:
-        check_model(engine, req.model)
-    tasks = req.task_list
-    engine.check_tasks(tasks, "task" if req.task is not None else "tasks")
-    request.state.tasks = tasks
-    # admission before decoding: a request shed under overload costs no image decoding
-    admission = engine.admit(
-        tasks,
-        check_instances(req, engine),
-        req.budget,
-        req.min_budget,
-        req.timeout_ms,
-        req.latency_ms,
-        req.task_weights,
+        raise UnsupportedMediaType("content-type must be application/json", "content-type")
+    req = parse_json(PredictRequest, await body_bytes(request))
+    # the lease holds this model's engine until the answer: a reload or an unload waits for it
+    with repository(request).lease(req.model) as engine:
+        return await _predict(request, engine, req, started)
+
+
+async def _predict(request: Request, engine: Engine, req: PredictRequest, started: float) -> Response:
+    state = request.state
+    state.model = engine.name
+    opts = request_options(req)
+    state.tasks = opts.tasks
+    limit = engine.settings.max_instances
+    if len(req.inputs) > limit:
+        raise TooLarge(f"inputs has {len(req.inputs)} instances; the limit is {limit}", "inputs")
+    # admission before decoding: a request shed under overload costs no decoding
+    admission = engine.admit(opts, len(req.inputs))
+    state.routes = {e.task: e.id for e in admission.plan.entries}
+    prediction = await engine.infer(decode_inputs(req, engine), admission)
+    body = PredictResponse.model_construct(
+        model=engine.name,
+        outputs=engine.encode_json(prediction, {"mask_format": req.mask_format}),
+        route=engine.receipt(prediction),
     )
-    images = decode_inputs(req, engine)
-    prediction = await serve_request(request, engine, images, admission)
-    specs = {t: engine.cfg.task(t) for t in tasks}
-    outputs = [
-        {
-            t: encode_output(specs[t].kind, specs[t].labels, prediction.result.outputs[t][i], req.mask_format)
-            for t in tasks
-        }
-        for i in range(len(images))
-    ]
-    body = {"model": engine.name, "outputs": outputs, "route": engine.receipt(prediction)}
-    request.app.state.metrics.latency.labels(engine.name, "v1").observe(time.perf_counter() - started)
-    return json_response(body)
+    engine.metrics.latency.labels(engine.name, "v1").observe(time.perf_counter() - started)
+    return model_response(body)

@@ -1,61 +1,77 @@
-"""App factory and lifespan: load the model, start the batcher, calibrate, then ready."""
+"""App factory and lifespan: open the model repository, load every model (live at once,
+ready once they are calibrated), and drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, api_v1, api_v2
-from server.errors import install_handlers
-from server.lifecycle import calibrate, start_engine
+from server.docs import install_docs
+from server.errors import TrunklineError
+from server.http import v1_error
 from server.metrics import Metrics
+from server.repository import ModelRepository
 from server.settings import Settings
+
+log = logging.getLogger("trunkline")
 
 
 def create_app(settings: Settings | None = None, *, calibrate_before_serving: bool = False) -> FastAPI:
     """The Trunkline ASGI app.
 
-    Under uvicorn the app serves (live, not ready) while it calibrates. Replicas managed by an
-    engine that routes only to started replicas (Ray Serve) pass `calibrate_before_serving`, so
-    that startup returns once the model is calibrated and ready.
+    Under uvicorn the app serves (live, not ready) while its models load. Replicas managed by
+    an engine that routes only to started replicas (Ray Serve) pass `calibrate_before_serving`,
+    so that startup returns once every model is ready.
     """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.draining = False
-        app.state.reload_lock = asyncio.Lock()
-        engine = await asyncio.to_thread(start_engine, settings, app.state.metrics)
-        app.state.engine = engine
-        engine.batcher.start()
-        calibration = asyncio.create_task(calibrate(engine))
+        repo = ModelRepository(settings, app.state.metrics)
+        app.state.repository = repo
+        loading = asyncio.create_task(repo.start())
+        loading.add_done_callback(_report_failure)
         if calibrate_before_serving:
-            await calibration
+            await loading
         try:
             yield
         finally:
-            app.state.draining = True  # refuse new work; uvicorn has drained connections
-            calibration.cancel()
-            await asyncio.gather(calibration, return_exceptions=True)
-            await app.state.engine.batcher.stop()
+            repo.draining = True  # refuse new work; uvicorn has drained connections
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await repo.stop()
 
     app = FastAPI(
         title="Trunkline",
         version=__version__,
         description="Budget-routed inference for task-routed multi-task models.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.draining = False
-    install_handlers(app)
+    install_docs(app)
     app.include_router(api_v1.router)
     app.include_router(api_v2.health)
     app.include_router(api_v2.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _unmatched(request: Request, exc: StarletteHTTPException) -> Response:
+        """Paths and methods no router serves."""
+        err = TrunklineError(f"{request.method} {request.url.path}: {exc.detail}", "path")
+        err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = v1_error(err)
+        response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
@@ -66,3 +82,8 @@ def create_app(settings: Settings | None = None, *, calibrate_before_serving: bo
         return RedirectResponse("/docs")
 
     return app
+
+
+def _report_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading the models failed: %s", task.exception())

@@ -1,41 +1,49 @@
-"""Dynamic batching keyed by trunk width.
+"""Dynamic batching keyed by trunk width, one batcher per hosted model.
 
 Requests whose plans share a trunk width are stacked into one batch: the trunk runs once,
-then the batch is split by (task, route), each path runs on its rows, and the rows are
-put back in request order. Compute runs on one worker thread, off the event loop; while
-it runs, the next batch fills.
+then the batch is split by (task, route), each path runs on its rows, and the rows are put
+back in request order. Batches run on the shared compute thread, off the event loop; while
+one runs, the next fills. Within a width the queue is ordered by priority (a lower number
+first, as Triton's priority levels), then by arrival; the next batch comes from the width
+whose head request ranks first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
-from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from routing import Plan
 from server.backends import Backend
+from server.compute import ComputeScheduler
+from server.errors import DeadlineExceeded, QueueFull
 
-
-class QueueFull(RuntimeError):
-    """The queue holds `max_queue` instances: answer 429."""
-
-
-class DeadlineExceeded(RuntimeError):
-    """The request's timeout passed before it could run: answer 503."""
+_order = itertools.count()
 
 
 @dataclass
 class WorkItem:
-    images: np.ndarray  # float32 [n, H, W], scaled to [0, 1] by the API layer
+    inputs: np.ndarray  # this request's decoded instances, as the adapter decoded them
     plan: Plan
     deadline: float | None = None  # time.monotonic() seconds
     cost_ms: float = 0.0  # estimated compute share, for backlog estimates
+    priority: int = 0  # lower runs first
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
+    seq: int = field(default_factory=lambda: next(_order))
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __lt__(self, other: WorkItem) -> bool:
+        return (self.priority, self.seq) < (other.priority, other.seq)
 
 
 @dataclass
@@ -46,68 +54,73 @@ class BatchResult:
     compute_ms: float
 
 
-def run_batch(backend: Backend, width: float, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+def run_batch(
+    backend: Backend, stack: Callable[[list[np.ndarray]], np.ndarray], width: float, items: list[WorkItem]
+) -> list[dict[str, np.ndarray]]:
     """Trunk once for the whole batch, then each (task, route) path on its rows."""
-    images = np.concatenate([it.images for it in items]).astype(np.float32)[:, None]  # [0, 1] already
-    tokens = backend.run_trunk(width, images)
+    batch = stack([it.inputs for it in items])
+    tokens = backend.run_trunk(width, batch)
     rows: dict[tuple, list[int]] = defaultdict(list)
-    offsets = np.cumsum([0] + [len(it.images) for it in items])
+    offsets = np.cumsum([0] + [len(it) for it in items])
     for i, it in enumerate(items):
         for entry in it.plan.entries:
             rows[(entry.task, entry.route)].extend(range(offsets[i], offsets[i + 1]))
     per_path = {}
     for (task, route), idx in rows.items():
         idx = np.asarray(idx)
-        per_path[(task, route)] = (idx, backend.run_path(task, route, tokens[idx], images[idx]))
+        per_path[(task, route)] = (idx, backend.run_path(task, route, tokens[idx], batch[idx]))
     results = []
     for i, it in enumerate(items):
         out = {}
         for entry in it.plan.entries:
             idx, probs = per_path[(entry.task, entry.route)]
             start = int(np.searchsorted(idx, offsets[i]))
-            out[entry.task] = probs[start : start + len(it.images)]
+            out[entry.task] = probs[start : start + len(it)]
         results.append(out)
     return results
 
 
 class Batcher:
     def __init__(
-        self, backend: Backend, max_batch_size: int, batch_wait_ms: float, max_queue: int, on_batch=None
+        self,
+        backend: Backend,
+        stack: Callable[[list[np.ndarray]], np.ndarray],
+        compute: ComputeScheduler,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        self.backend = backend
+        self.backend, self.stack, self.compute = backend, stack, compute
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch  # callback(batch_size, width) for metrics
-        self.queues: dict[float, deque[WorkItem]] = defaultdict(deque)
+        self.queues: dict[float, list[WorkItem]] = defaultdict(list)  # heaps by (priority, arrival)
         self.queued = 0  # instances waiting
         self.queued_cost_ms = 0.0
         self.busy_until = 0.0  # monotonic estimate of when the running batch ends
         self.in_flight = 0  # requests submitted and not yet answered
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trunkline-compute")
-        self.loop_lag_ms = 0.0  # how late the event loop runs a timer: requests wait that long too
         # what batches really cost, learnt while serving (calibration ran on an idle machine):
         self.slowdown = 1.0  # measured / estimated compute of recent batches
         self.batch_ms: dict[float, float] = {}  # recent compute time of one batch, per trunk width
-        self._tasks: list[asyncio.Task] = []
+        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._loop()), loop.create_task(self._watch_loop_lag())]
+        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def backlog_ms(self) -> float:
         """Estimated time until a request arriving now would start computing: the event
         loop's lag (requests queue there before they reach admission when request handling,
         not compute, is the bottleneck), the running batch's rest, and the queued compute."""
         running = max(0.0, self.busy_until - time.monotonic()) * 1000
-        return self.loop_lag_ms + running + self.queued_cost_ms * self.slowdown
+        return self.compute.loop_lag_ms + running + self.queued_cost_ms * self.slowdown
 
     def batch_ms_at(self, width: float) -> float:
         """Compute time of the batch a request joins now: 0 when idle (it runs alone),
@@ -115,20 +128,14 @@ class Batcher:
         idle = not self.queued and self.busy_until == 0.0
         return 0.0 if idle else self.batch_ms.get(width, 0.0)
 
-    async def _watch_loop_lag(self, period: float = 0.01) -> None:
-        """Exponentially weighted lag of a 10 ms timer; rises fast, decays over ~5 periods."""
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(period)
-            lag = max(0.0, time.monotonic() - t - period) * 1000
-            self.loop_lag_ms = lag if lag > self.loop_lag_ms else 0.8 * self.loop_lag_ms + 0.2 * lag
-
     async def submit(self, item: WorkItem) -> BatchResult:
-        n = len(item.images)
+        n = len(item)
         if self.queued + n > self.max_queue:
-            raise QueueFull(f"queue is full ({self.queued} of {self.max_queue} instances waiting)")
+            raise QueueFull(
+                f"queue is full ({self.queued} of {self.max_queue} instances waiting)", retry_after=1
+            )
         item.future = asyncio.get_running_loop().create_future()
-        self.queues[item.plan.width].append(item)
+        heapq.heappush(self.queues[item.plan.width], item)
         self.queued += n
         self.queued_cost_ms += item.cost_ms
         self.in_flight += 1
@@ -139,36 +146,35 @@ class Batcher:
             self.in_flight -= 1
 
     def _next_width(self) -> float | None:
-        heads = [(q[0].enqueued, w) for w, q in self.queues.items() if q]
+        heads = [(q[0], w) for w, q in self.queues.items() if q]
         return min(heads)[1] if heads else None
 
     def _take(self, width: float) -> list[WorkItem]:
         queue, items, size = self.queues[width], [], 0
-        while queue and (not items or size + len(queue[0].images) <= self.max_batch_size):
-            item = queue.popleft()
-            self.queued -= len(item.images)
+        while queue and (not items or size + len(queue[0]) <= self.max_batch_size):
+            item = heapq.heappop(queue)
+            self.queued -= len(item)
             self.queued_cost_ms -= item.cost_ms
             if item.future.done():  # cancelled by a disconnected client
                 continue
             if item.deadline is not None and time.monotonic() > item.deadline:
-                item.future.set_exception(DeadlineExceeded("timed out waiting in the queue"))
+                item.future.set_exception(DeadlineExceeded("timed out waiting in the queue", retry_after=1))
                 continue
             items.append(item)
-            size += len(item.images)
+            size += len(item)
         return items
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             width = self._next_width()
             if width is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # let a batch fill for up to batch_wait after its oldest request arrived
+            # let a batch fill for up to batch_wait after its first request arrived
             queue = self.queues[width]
             wait = queue[0].enqueued + self.batch_wait - time.monotonic()
-            if wait > 0 and sum(len(i.images) for i in queue) < self.max_batch_size:
+            if wait > 0 and sum(len(i) for i in queue) < self.max_batch_size:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
@@ -176,17 +182,16 @@ class Batcher:
                     pass
                 continue
             items = self._take(width)
-            if not items:
-                continue
-            await self._run(loop, width, items)
+            if items:
+                await self._run(width, items)
 
-    async def _run(self, loop, width: float, items: list[WorkItem]) -> None:
-        size = sum(len(i.images) for i in items)
+    async def _run(self, width: float, items: list[WorkItem]) -> None:
+        size = sum(len(i) for i in items)
         estimate = sum(i.cost_ms for i in items)
         self.busy_until = time.monotonic() + estimate * self.slowdown / 1000
         started = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, run_batch, self.backend, width, items)
+            outputs = await self.compute.run(run_batch, self.backend, self.stack, width, items)
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
             for it in items:
                 if not it.future.done():

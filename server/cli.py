@@ -92,7 +92,22 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve a model over HTTP")
-    p.add_argument("--model", help="checkpoint directory or bundled name (default mnist-scenes)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="checkpoint directory or bundled model name; repeat for several (default: the bundled models)",
+    )
+    p.add_argument(
+        "--model-repository",
+        dest="model_repository",
+        help="a folder of model folders: DIR/<name>/ or DIR/<name>/<version>/ (as Triton)",
+    )
+    p.add_argument(
+        "--model-control-mode",
+        dest="model_control_mode",
+        choices=["none", "explicit"],
+        help="explicit: POST /v2/repository/models/<m>/load|unload load and unload models at run time",
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--backend", choices=["torch", "onnxruntime"])

@@ -1,29 +1,47 @@
-"""The engine behind both APIs: model, route tables, backend, batcher and calibration.
+"""The engine of one hosted model: its adapter, route tables, backend, batcher, calibration
+and admission. Family-agnostic: everything model-specific is asked of the adapter.
 
-The request path reads: decode (api_*) -> resolve route (`admit`) -> enqueue (`infer`)
--> run (batcher) -> encode (api_*).
+The request path reads: decode (adapter, called by the routers) -> admit (resolve the
+route, step down under load) -> infer (enqueue, batch, run) -> encode (task kinds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from models import checkpoint
-from models.config import ModelConfig
-from models.model import TaskRoutedModel
+from models.adapter import ModelAdapter
+from models.kinds import kind
 from routing import Budget, BudgetError, Plan, RouteTables, UnsatisfiableBudget
+from server import calibration
 from server.backends import create_backend
 from server.batcher import Batcher, BatchResult, WorkItem
-from server.errors import APIError
+from server.compute import ComputeScheduler
+from server.errors import BudgetTooSmall, InvalidInput, Overloaded, UnknownTask
+from server.metrics import Metrics
+from server.schemas import Receipt, TaskReceipt
 from server.settings import Settings
 
 log = logging.getLogger("trunkline")
+
+
+@dataclass
+class RequestOptions:
+    """What a request asks besides its inputs, as both APIs parse it."""
+
+    tasks: list[str]
+    field: str = "task"  # where the request named its tasks, for errors
+    budget: float | str | None = None
+    min_budget: float | str | None = None
+    timeout_ms: float | None = None
+    latency_ms: float | None = None
+    task_weights: dict[str, float] | None = None
+    priority: int = 0  # 0: the default level
 
 
 @dataclass
@@ -32,6 +50,7 @@ class Admission:
     degraded: bool
     budget: Budget
     deadline: float | None
+    priority: int
 
 
 @dataclass
@@ -41,123 +60,190 @@ class Prediction:
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        model, tables = checkpoint.load(settings.model)
-        self.model: TaskRoutedModel = model
-        self.cfg: ModelConfig = model.cfg
-        self.tables = RouteTables(self.cfg, tables)
-        routes = {t: [e.route for e in rows] for t, rows in self.tables.tables.items()}
-        self.backend = create_backend(settings.backend, model, routes, settings)
+    def __init__(
+        self, adapter: ModelAdapter, settings: Settings, compute: ComputeScheduler, metrics: Metrics
+    ) -> None:
+        self.adapter, self.settings, self.compute, self.metrics = adapter, settings, compute, metrics
+        self.tables = RouteTables(adapter, adapter.route_rows)
+        self.backend = create_backend(settings.backend, adapter, settings)
         self.default_budget = Budget.parse(settings.default_budget)
-        self.experts = {
-            (t, k): model.experts(t, k) for t in self.cfg.task_names for k in self.cfg.routes.experts
-        }
-        self.batcher: Batcher | None = None
+        self.batcher = Batcher(
+            self.backend,
+            adapter.stack,
+            compute,
+            settings.max_batch_size,
+            settings.batch_wait_ms,
+            settings.max_queue,
+            on_batch=lambda size, width: metrics.batch_size.labels(self.name, str(width)).observe(size),
+        )
         self.ready = False
+        self.users = 0  # requests holding this engine (see ModelRepository.lease)
+        self._experts = {
+            (t, e.route.experts): adapter.experts(t, e.route.experts)
+            for t in self.tasks
+            for e in self.tables.tables[t]
+        }
+        self._background: asyncio.Task | None = None
 
     @property
     def name(self) -> str:
-        return self.cfg.name
+        return self.adapter.name
 
-    # -- start-up ----------------------------------------------------------------------
-    def calibrate(self) -> None:
-        """Warm and time every trunk width and task path at every batch bucket."""
-        spec, rounds = self.cfg.input, self.settings.calibration_rounds
+    @property
+    def version(self) -> str:
+        return self.adapter.version
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.adapter.tasks)
+
+    # -- start-up: build graphs, calibrate, ready -------------------------------------
+    async def start(self, background: bool) -> None:
+        """Build every graph and calibrate on the compute thread, then turn ready.
+
+        `background` (a model loaded while others serve) runs each step as background work
+        there, so the serving models keep most of the compute. Buckets past the first are
+        timed after readiness; a restart on the same machine reads them from the cache."""
         started = time.perf_counter()
-        rng = np.random.default_rng(0)
-        for bucket in self.settings.batch_buckets:
-            images = rng.random((bucket, spec.channels, spec.height, spec.width), np.float32)
+        run = lambda fn, *args: self.compute.run(fn, *args, background=background)  # noqa: E731
+        for width in self.tables.widths:
+            await run(self.backend.add_trunk, width)
+        for e in self.tables.entries():
+            await run(self.backend.add_path, e.task, e.route)
+        log.info(
+            "%s: built %d graphs in %.1f s",
+            self.name,
+            len(self.tables.entries()),
+            time.perf_counter() - started,
+        )
+        buckets = sorted(self.settings.batch_buckets)
+        cache = self._cache_file()
+        cached = await asyncio.to_thread(calibration.restore, cache, self.tables, buckets)
+        first = self.adapter.example_batch(buckets[0])
+        for width in self.tables.widths:
+            if cached:
+                await calibration.warm(run, self.backend, self.tables, first, width)
+            else:
+                await calibration.time_width(run, self.backend, self.tables, first, width, self._rounds)
+        self.ready = True
+        log.info(
+            "%s %s ready on %s in %.1f s (%s)",
+            self.name,
+            self.version,
+            self.backend.name,
+            time.perf_counter() - started,
+            "calibration from the cache" if cached else f"batch {buckets[0]} timed; larger batches next",
+        )
+        if not cached:
+            self._background = asyncio.create_task(self._calibrate_rest(buckets[1:], cache))
+
+    @property
+    def _rounds(self) -> int:
+        return self.settings.calibration_rounds
+
+    def _cache_file(self):
+        key = calibration.machine_key(self.backend.name, self.settings.threads)
+        return (
+            self.settings.cache_dir / "calibration" / f"{self.name}-{self.adapter.fingerprint()}-{key}.json"
+        )
+
+    async def _calibrate_rest(self, buckets: list[int], cache) -> None:
+        """Time the larger batch buckets as background work, then save the cache."""
+        started = time.perf_counter()
+        run = lambda fn, *args: self.compute.run(fn, *args, background=True)  # noqa: E731
+        for bucket in buckets:
+            batch = self.adapter.example_batch(bucket)
             for width in self.tables.widths:
-                tokens = self.backend.run_trunk(width, images)
-                ms = _time_ms(self.backend.run_trunk, (width, images), rounds)
-                self.tables.trunk_latency_ms.setdefault(width, {})[bucket] = ms
-                for e in self.tables.entries(width=width):
-                    args = (e.task, e.route, tokens, images)
-                    e.latency_ms[bucket] = _time_ms(self.backend.run_path, args, rounds)
-        elapsed = time.perf_counter() - started
-        log.info("calibrated %d batch buckets in %.1f s", len(self.settings.batch_buckets), elapsed)
+                await calibration.time_width(run, self.backend, self.tables, batch, width, self._rounds)
+            log.info("%s: calibrated batch %d", self.name, bucket)
+        await asyncio.to_thread(calibration.save, cache, self.tables)
+        log.info(
+            "%s: calibration done in %.1f s, saved to %s", self.name, time.perf_counter() - started, cache
+        )
+
+    async def stop(self) -> None:
+        if self._background:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+        await self.batcher.stop()
 
     # -- requests ----------------------------------------------------------------------
     def check_tasks(self, tasks: list[str], field: str) -> None:
         if not tasks:
-            raise APIError(field, f"{field} must name at least one task")
-        known = self.cfg.task_names
+            raise InvalidInput(f"{field} must name at least one task of {self.tasks}", field)
         for t in tasks:
-            if t not in known:
-                raise APIError(
-                    field, f"{field}: unknown task {t!r}; this model has {known}", 422, "unknown_task"
-                )
+            if t not in self.adapter.tasks:
+                raise UnknownTask(f"unknown task {t!r}; model {self.name!r} has {self.tasks}", field)
         if len(set(tasks)) != len(tasks):
-            raise APIError(field, f"{field} names a task twice: {tasks}")
+            raise InvalidInput(f"names a task twice: {tasks}", field)
 
-    def admit(
-        self,
-        tasks: list[str],
-        n: int,
-        budget=None,
-        min_budget=None,
-        timeout_ms=None,
-        latency_ms=None,
-        task_weights=None,
-    ) -> Admission:
+    def priority(self, requested: int, field: str) -> int:
+        """Triton's priority levels: 1 runs first; 0 means the default (middle) level."""
+        levels = self.settings.priority_levels
+        if requested > levels:
+            raise InvalidInput(f"must be 0 (default) or a level from 1 (first) to {levels}", field)
+        return requested or (levels + 1) // 2
+
+    def admit(self, opts: RequestOptions, n: int, priority_field: str = "priority") -> Admission:
         """Resolve the plan, stepping down the frontier when the backlog says the
         deadline would be missed (never below min_budget)."""
+        self.check_tasks(opts.tasks, opts.field)
         try:
-            b = Budget.parse(budget) if budget is not None else self.default_budget
+            b = Budget.parse(opts.budget) if opts.budget is not None else self.default_budget
         except BudgetError as e:
-            raise APIError("budget", str(e)) from None
+            raise InvalidInput(str(e), "budget") from None
         try:
-            floor = Budget.parse(min_budget) if min_budget is not None else b
+            floor = Budget.parse(opts.min_budget) if opts.min_budget is not None else b
         except BudgetError as e:
-            raise APIError("min_budget", str(e).replace("budget", "min_budget", 1)) from None
+            raise InvalidInput(str(e).replace("budget", "min_budget", 1), "min_budget") from None
         if not b.at_least(floor):
-            raise APIError("min_budget", f"min_budget {floor.label} is larger than budget {b.label}")
-        if task_weights:
-            unknown = sorted(set(task_weights) - set(tasks))
+            raise InvalidInput(f"min_budget {floor.label} is larger than budget {b.label}", "min_budget")
+        weights = opts.task_weights
+        if weights:
+            unknown = sorted(set(weights) - set(opts.tasks))
             if unknown:
-                raise APIError("task_weights", f"task_weights names tasks not requested: {unknown}")
-            if any(not math.isfinite(w) or w <= 0 for w in task_weights.values()):
-                raise APIError("task_weights", "task_weights must be positive numbers")
+                raise InvalidInput(f"names tasks not requested: {unknown}", "task_weights")
+            if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
+                raise InvalidInput("must be positive numbers", "task_weights")
+        priority = self.priority(opts.priority, priority_field)
         try:
-            if latency_ms is not None:
-                top = self.tables.resolve_latency(tasks, latency_ms, b, task_weights)
+            if opts.latency_ms is not None:
+                top = self.tables.resolve_latency(opts.tasks, opts.latency_ms, b, weights)
             else:
-                top = self.tables.resolve(tasks, b, task_weights)
+                top = self.tables.resolve(opts.tasks, b, weights)
             candidates = [top]
-            if timeout_ms is not None and min_budget is not None:
-                candidates = [top] + [
-                    p for p in self.tables.candidates(tasks, b, floor, task_weights) if p.flops < top.flops
-                ]
+            if opts.timeout_ms is not None and opts.min_budget is not None:
+                lower = self.tables.candidates(opts.tasks, b, floor, weights)
+                candidates += [p for p in lower if p.flops < top.flops]
         except UnsatisfiableBudget as e:
-            field = "latency_ms" if latency_ms is not None else "budget"
-            raise APIError(field, str(e), 422, "budget_too_small") from None
-        if timeout_ms is None:
-            return Admission(top, False, b, None)
-        backlog = self.batcher.backlog_ms() if self.batcher else 0.0
+            raise BudgetTooSmall(str(e), "latency_ms" if opts.latency_ms is not None else "budget") from None
+        if opts.timeout_ms is None:
+            return Admission(top, False, b, None, priority)
+        return self._fit_deadline(candidates, b, n, opts.timeout_ms, priority)
 
-        def finish_ms(plan: Plan) -> float:
-            own = self.tables.latency_ms(plan, n) or 0.0
-            if self.batcher:
-                own = max(own, self.batcher.batch_ms_at(plan.width))
-            return backlog + own
+    def _fit_deadline(
+        self, candidates: list[Plan], budget: Budget, n: int, timeout_ms: float, priority: int
+    ) -> Admission:
+        backlog = self.batcher.backlog_ms()
+
+        def own_ms(plan: Plan) -> float:
+            return max(self.tables.latency_ms(plan, n) or 0.0, self.batcher.batch_ms_at(plan.width))
 
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays
         # short); the cheapest route may use the whole timeout; past that, shed with 503.
         target = timeout_ms * self.settings.degrade_headroom
-        plan = next((p for p in candidates if finish_ms(p) <= target), candidates[-1])
-        if finish_ms(plan) <= timeout_ms:
+        plan = next((p for p in candidates if backlog + own_ms(p) <= target), candidates[-1])
+        if backlog + own_ms(plan) <= timeout_ms:
             deadline = time.monotonic() + timeout_ms / 1000
-            return Admission(plan, plan is not top, b, deadline)
-        retry = str(max(1, math.ceil(backlog / 1000)))
-        raise APIError(
+            return Admission(plan, plan is not candidates[0], budget, deadline, priority)
+        cheapest = candidates[-1]
+        raise Overloaded(
+            f"cannot answer within timeout_ms={timeout_ms:g} even at min_budget: its route "
+            f"{'+'.join(e.id for e in cheapest.entries)} takes about {own_ms(cheapest):.1f} ms for "
+            f"{n} instance(s) and about {backlog:.0f} ms of work is ahead of it",
             "timeout_ms",
-            f"cannot answer within timeout_ms={timeout_ms:g} even at min_budget "
-            f"(estimated backlog {backlog:.0f} ms)",
-            503,
-            "overloaded",
-            {"Retry-After": retry},
+            retry_after=max(1, math.ceil(backlog / 1000)),
         )
 
     def cost_ms(self, plan: Plan, n: int) -> float:
@@ -166,41 +252,96 @@ class Engine:
         per_batch = self.tables.latency_ms(plan, bucket)
         return (per_batch or 0.0) * n / bucket
 
-    async def infer(self, images: np.ndarray, admission: Admission) -> Prediction:
-        item = WorkItem(images, admission.plan, admission.deadline, self.cost_ms(admission.plan, len(images)))
-        result = await self.batcher.submit(item)
+    async def infer(self, inputs: np.ndarray, admission: Admission) -> Prediction:
+        """Enqueue, await the batch, and keep the model's metrics."""
+        plan, m, name = admission.plan, self.metrics, self.name
+        item = WorkItem(inputs, plan, admission.deadline, self.cost_ms(plan, len(inputs)), admission.priority)
+        m.in_flight.labels(name).inc()
+        m.queue_depth.labels(name).set(self.batcher.queued + len(inputs))
+        try:
+            result = await self.batcher.submit(item)
+        finally:
+            m.in_flight.labels(name).dec()
+            m.queue_depth.labels(name).set(self.batcher.queued)
+        m.queue_time.labels(name).observe(result.queue_ms / 1000)
+        m.compute_time.labels(name).observe(result.compute_ms / 1000)
+        if admission.degraded:
+            for t in plan.tasks:
+                m.degraded.labels(name, t).inc()
         return Prediction(admission, result)
 
-    def receipt(self, p: Prediction) -> dict:
-        plan = p.admission.plan
-        return {
-            "tasks": {
-                e.task: {
-                    "route": e.id,
-                    "experts": self.experts[(e.task, e.route.experts)],
-                    "experts_k": e.route.experts,
-                    "decoder_width": e.route.decoder_width,
-                    "score": e.score,
-                }
+    def encode_json(self, prediction: Prediction, options: dict) -> list[dict[str, dict]]:
+        """/v1 outputs: per instance, per task, as the task's kind writes them."""
+        outputs = prediction.result.outputs
+        specs = [(t, kind(self.adapter.tasks[t].kind), self.adapter.tasks[t].labels) for t in outputs]
+        n = len(next(iter(outputs.values())))
+        return [{t: k.to_json(outputs[t][i], labels, options) for t, k, labels in specs} for i in range(n)]
+
+    def encode_tensors(self, prediction: Prediction) -> dict[str, np.ndarray]:
+        """Open Inference Protocol outputs, by name."""
+        tensors = {}
+        for t, probs in prediction.result.outputs.items():
+            tensors.update(kind(self.adapter.tasks[t].kind).to_tensors(t, probs))
+        return tensors
+
+    def tensor_outputs(self) -> list[dict]:
+        return [
+            spec
+            for name, t in self.adapter.tasks.items()
+            for spec in kind(t.kind).tensor_specs(name, len(t.labels), self.adapter.output_shape(name))
+        ]
+
+    def receipt(self, p: Prediction) -> Receipt:
+        plan, a = p.admission.plan, p.admission
+        return Receipt.model_construct(
+            tasks={
+                e.task: TaskReceipt.model_construct(
+                    route=e.id,
+                    experts=self._experts[(e.task, e.route.experts)],
+                    experts_k=e.route.experts,
+                    decoder_width=e.route.decoder_width,
+                    score=e.score,
+                )
                 for e in plan.entries
             },
-            "trunk_width": plan.width,
-            "flops": plan.flops,
-            "flops_fraction": round(plan.flops_fraction, 4),
-            "budget_requested": p.admission.budget.label,
-            "degraded": p.admission.degraded,
+            trunk_width=plan.width,
+            flops=plan.flops,
+            flops_fraction=round(plan.flops_fraction, 4),
+            budget_requested=a.budget.label,
+            degraded=a.degraded,
+            backend=self.backend.name,
+            model_version=self.version,
+            priority=a.priority,
+            batch_size=p.result.batch_size,
+            queue_ms=round(p.result.queue_ms, 3),
+            compute_ms=round(p.result.compute_ms, 3),
+        )
+
+    def describe(self) -> dict:
+        """/v1/models/{m}: input spec, tasks and their route tables with calibrated latency."""
+        tables = self.tables
+        return {
+            "input": self.adapter.input_metadata(),
+            "default_budget": self.default_budget.label,
             "backend": self.backend.name,
-            "batch_size": p.result.batch_size,
-            "queue_ms": round(p.result.queue_ms, 3),
-            "compute_ms": round(p.result.compute_ms, 3),
+            "tasks": {
+                name: {
+                    "kind": t.kind,
+                    "labels": t.labels,
+                    "routes": [
+                        {
+                            "id": e.id,
+                            "flops": e.flops,
+                            "flops_fraction": e.flops_fraction,
+                            "score": e.score,
+                            "params": e.params,
+                            "latency_ms": {
+                                str(b): round(tables.route_latency_ms(e, b), 3) for b in sorted(e.latency_ms)
+                            },
+                        }
+                        for e in tables.tables[name]
+                    ],
+                }
+                for name, t in self.adapter.tasks.items()
+            },
         }
-
-
-def _time_ms(fn, args: tuple, rounds: int) -> float:
-    fn(*args)  # warm
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn(*args)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)

@@ -59,10 +59,9 @@ class Metrics:
         )
 
 
-def count_request(request: Request, status: str) -> None:
-    """trunkline_requests by task and route, as far as the request got before `status`."""
-    state, app = request.state, request.app.state
-    tasks = getattr(state, "tasks", None) or [""]
+def count_request(request: Request, status: int) -> None:
+    """trunkline_requests by model, task and route, as far as the request got."""
+    state = request.state
     routes = getattr(state, "routes", {})
-    for t in tasks:
-        app.metrics.requests.labels(app.engine.name, t, routes.get(t, ""), status).inc()
+    for t in getattr(state, "tasks", None) or [""]:
+        request.app.state.metrics.requests.labels(state.model, t, routes.get(t, ""), str(status)).inc()

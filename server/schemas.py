@@ -1,67 +1,60 @@
-"""HTTP wire formats: the /v1 API and the Open Inference Protocol (KServe v2)."""
+"""HTTP wire formats, the one definition of each: /v1, the Open Inference Protocol (KServe
+v2) and the repository API. Handlers parse requests with these models and build their
+responses from them. Numbers are strict: a JSON boolean or string is never a number."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-Budget = float | str
+TIER_NAMES = ("min", "low", "medium", "high", "max")
+
+
+def _budget_value(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a number in (0, 1] or one of {', '.join(TIER_NAMES)}")
+    return value
+
+
+BudgetValue = Annotated[float | str, BeforeValidator(_budget_value)]
+PositiveNumber = Annotated[float, Field(strict=True, gt=0)]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Answer(BaseModel):
+    """Responses: clients must tolerate fields they do not know (servers add some)."""
+
+
 # -- /v1 ---------------------------------------------------------------------------------
-class ImageInput(_Wire):
-    image: str | list[list[float]] = Field(
-        description="base64 PNG, or a nested list of rows of pixel values 0-255"
-    )
-
-
 class PredictRequest(_Wire):
-    model: str | None = Field(None, description="model name; default: the hosted model")
+    model: str | None = Field(None, description="model name; default: the first hosted model")
     task: str | None = Field(None, description="one task; or use `tasks`")
-    tasks: list[str] | None = Field(None, description="several tasks over one trunk pass")
-    budget: Budget | None = Field(
+    tasks: list[str] | str | None = Field(
+        None, description="several tasks over one trunk pass (a list, or one comma-separated string)"
+    )
+    budget: BudgetValue | None = Field(
         None, description="fraction of full-route FLOPs in (0, 1], or min|low|medium|high|max"
     )
-    min_budget: Budget | None = Field(None, description="floor when degrading under load")
-    latency_ms: float | None = Field(None, gt=0, description="best route whose calibrated latency fits")
-    timeout_ms: float | None = Field(None, gt=0, description="answer within this, or 503")
-    task_weights: dict[str, float] | None = Field(None, description="preference between tasks")
+    min_budget: BudgetValue | None = Field(None, description="floor when degrading under load")
+    latency_ms: PositiveNumber | None = Field(None, description="best route whose calibrated latency fits")
+    timeout_ms: PositiveNumber | None = Field(None, description="answer within this, or 503")
+    task_weights: dict[str, PositiveNumber] | None = Field(None, description="preference between tasks")
+    priority: int | None = Field(
+        None, strict=True, ge=0, description="1 runs first; 0 or absent: the default (middle) level"
+    )
     mask_format: Literal["list", "png"] = "list"
-    inputs: list[ImageInput] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _one_task_field(self) -> PredictRequest:
-        if (self.task is None) == (self.tasks is None):
-            raise ValueError("give exactly one of `task` or `tasks`")
-        return self
-
-    @property
-    def task_list(self) -> list[str]:
-        return [self.task] if self.task is not None else list(self.tasks or [])
+    inputs: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="instances, each an object keyed by the model's input name, e.g. "
+        '{"image": "<base64 PNG>"} or {"image": [[0, 255, ...], ...]}',
+    )
 
 
-class ClassificationOutput(BaseModel):
-    label: str
-    index: int
-    scores: list[float]
-
-
-class MultiLabelOutput(BaseModel):
-    labels: list[str]
-    scores: list[float]
-
-
-class DenseOutput(BaseModel):
-    mask: list[list[int]] | str
-    mask_format: Literal["list", "png"] = "list"
-
-
-class TaskReceipt(BaseModel):
+class TaskReceipt(_Answer):
     route: str
     experts: list[list[int]] = Field(description="experts used, per task-zone block")
     experts_k: int
@@ -69,7 +62,9 @@ class TaskReceipt(BaseModel):
     score: float = Field(description="validation score of this route")
 
 
-class Receipt(BaseModel):
+class Receipt(_Answer):
+    """What actually ran for a request."""
+
     tasks: dict[str, TaskReceipt]
     trunk_width: float
     flops: int
@@ -77,15 +72,34 @@ class Receipt(BaseModel):
     budget_requested: str
     degraded: bool
     backend: str
+    model_version: str
+    priority: int
     batch_size: int
     queue_ms: float
     compute_ms: float
 
 
-class PredictResponse(BaseModel):
+class PredictResponse(_Answer):
     model: str
-    outputs: list[dict[str, ClassificationOutput | MultiLabelOutput | DenseOutput]]
+    outputs: list[dict[str, dict[str, Any]]] = Field(
+        description="per instance, per task: classification {label, index, scores}; "
+        "multilabel {labels, scores}; dense {mask} (class indices, or a base64 PNG)"
+    )
     route: Receipt
+
+
+class ModelSummary(_Answer):
+    name: str
+    version: str | None
+    family: str | None
+    tasks: list[str]
+    state: Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
+    reason: str = ""
+    ready: bool
+
+
+class ModelList(_Answer):
+    models: list[ModelSummary]
 
 
 class ErrorBody(BaseModel):
@@ -104,7 +118,7 @@ Parameters = dict[str, Any]
 
 class InferInput(_Wire):
     name: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(strict=True, ge=0)]]
     datatype: str
     parameters: Parameters | None = None
     data: list[Any] | None = None
@@ -120,3 +134,30 @@ class InferRequest(_Wire):
     parameters: Parameters | None = None
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[InferOutputRequest] | None = None
+
+
+class InferOutput(_Answer):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: Parameters | None = None
+
+
+class InferResponse(_Answer):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]
+    parameters: Parameters
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class RepositoryEntry(_Answer):
+    name: str
+    version: str = ""
+    state: str
+    reason: str = ""

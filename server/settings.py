@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CACHE = Path.home() / ".cache" / "trunkline"
 
 
 class Settings(BaseSettings):
@@ -14,7 +16,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRUNKLINE_", extra="ignore")
 
-    model: str = Field("mnist-scenes", description="checkpoint directory or bundled model name")
+    model: Annotated[list[str], NoDecode] = Field(
+        [], description="checkpoint directories or bundled model names to serve (comma-separated)"
+    )
+    model_repository: Path | None = Field(
+        None, description="a folder of model folders, DIR/<name>/ or DIR/<name>/<version>/ (as Triton)"
+    )
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none", description="explicit: the repository API loads and unloads models at run time"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     backend: Literal["torch", "onnxruntime"] = "torch"
@@ -36,10 +46,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     batch_buckets: list[int] = Field([1, 8, 32, 64], description="calibrated batch sizes")
     calibration_rounds: int = Field(3, ge=1)
+    priority_levels: int = Field(3, ge=1, description="request priorities 1 (first) .. N; default middle")
     auth_token: str | None = Field(None, description="require 'Authorization: Bearer <token>'")
-    onnx_dir: Path = Field(
-        Path.home() / ".cache" / "trunkline" / "onnx",
-        description="where exported ONNX graphs are cached",
-    )
+    onnx_dir: Path = Field(CACHE / "onnx", description="where exported ONNX graphs are cached")
+    cache_dir: Path = Field(CACHE, description="calibration results, per checkpoint and machine")
     drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
     log_level: str = "info"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value

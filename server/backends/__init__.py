@@ -1,6 +1,8 @@
 """Compute backends: run a trunk width on a batch, then a task path on a slice of it.
 
-Both take and return numpy arrays so that the batcher is backend-agnostic.
+Both take and return numpy arrays so that the batcher is backend- and family-agnostic.
+A backend is filled one graph at a time (`add_trunk`, `add_path`), so that building a model
+runs in small jobs on the shared compute thread.
 """
 
 from __future__ import annotations
@@ -9,26 +11,31 @@ from typing import Protocol
 
 import numpy as np
 
+from models.adapter import ModelAdapter
 from models.routes import Route
 
 
 class Backend(Protocol):
     name: str
 
-    def run_trunk(self, width: float, images: np.ndarray) -> np.ndarray:
-        """float32 images [B, C, H, W] in [0, 1] -> trunk tokens [B, N, D]."""
+    def add_trunk(self, width: float) -> None: ...
 
-    def run_path(self, task: str, route: Route, tokens: np.ndarray, images: np.ndarray) -> np.ndarray:
+    def add_path(self, task: str, route: Route) -> None: ...
+
+    def run_trunk(self, width: float, batch: np.ndarray) -> np.ndarray:
+        """The model's input batch -> trunk tokens."""
+
+    def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
         """One task's path on trunk tokens -> probabilities."""
 
 
-def create_backend(name: str, model, routes: dict[str, list[Route]], settings) -> Backend:
+def create_backend(name: str, adapter: ModelAdapter, settings) -> Backend:
     if name == "torch":
         from server.backends.torch import TorchBackend
 
-        return TorchBackend(model, routes, threads=settings.threads)
+        return TorchBackend(adapter, threads=settings.threads)
     if name == "onnxruntime":
         from server.backends.onnx import OnnxBackend
 
-        return OnnxBackend(model, routes, threads=settings.threads, cache_dir=settings.onnx_dir)
+        return OnnxBackend(adapter, threads=settings.threads, cache_dir=settings.onnx_dir)
     raise ValueError(f"unknown backend {name!r}; expected 'torch' or 'onnxruntime'")

@@ -1,23 +1,20 @@
 """ONNX Runtime backend: one session per trunk width and per task path.
 
-Graphs are exported once into a cache directory keyed by the checkpoint's weights, so a
-restart reuses them. CUDA is used when onnxruntime-gpu and a GPU are present.
+Graphs are exported into a cache directory keyed by the checkpoint's fingerprint, so a
+restart or a reload of the same checkpoint reuses them. CUDA is used when onnxruntime-gpu
+and a GPU are present.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from models.export import export_routes, path_file, trunk_file
-from models.model import TaskRoutedModel
+from models.adapter import ModelAdapter
+from models.export import path_file, trunk_file
 from models.routes import Route
-
-log = logging.getLogger("trunkline")
 
 
 def providers() -> list[str]:
@@ -25,38 +22,36 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def fingerprint(model: TaskRoutedModel) -> str:
-    digest = hashlib.sha256(model.cfg.model_dump_json().encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(
-        self, model: TaskRoutedModel, routes: dict[str, list[Route]], threads: int, cache_dir: Path
-    ) -> None:
-        out = Path(cache_dir) / f"{model.cfg.name}-{fingerprint(model)}"
-        written = export_routes(model, routes, out)
-        if written:
-            log.info("exported %d ONNX graphs to %s", len(written), out)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    def __init__(self, adapter: ModelAdapter, threads: int, cache_dir: Path) -> None:
+        self.adapter = adapter
+        self.out = Path(cache_dir) / f"{adapter.name}-{adapter.fingerprint()}"
+        self.options = ort.SessionOptions()
+        self.options.intra_op_num_threads = threads
+        self.options.inter_op_num_threads = 1
+        self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.trunks: dict[float, ort.InferenceSession] = {}
+        self.paths: dict[tuple[str, Route], ort.InferenceSession] = {}
 
-        def session(file: str) -> ort.InferenceSession:
-            return ort.InferenceSession(str(out / file), options, providers=providers())
+    def _session(self, file: Path) -> ort.InferenceSession:
+        return ort.InferenceSession(str(file), self.options, providers=providers())
 
-        widths = sorted({r.width for rs in routes.values() for r in rs})
-        self.trunks = {w: session(trunk_file(w)) for w in widths}
-        self.paths = {(t, r): session(path_file(t, r)) for t, rs in routes.items() for r in rs}
+    def add_trunk(self, width: float) -> None:
+        file = self.out / trunk_file(width)
+        if not file.exists():
+            self.adapter.export_trunk(width, file)
+        self.trunks[width] = self._session(file)
 
-    def run_trunk(self, width: float, images: np.ndarray) -> np.ndarray:
-        return self.trunks[width].run(None, {"image": images})[0]
+    def add_path(self, task: str, route: Route) -> None:
+        file = self.out / path_file(task, route)
+        if not file.exists():
+            self.adapter.export_path(task, route, file)
+        self.paths[(task, route)] = self._session(file)
 
-    def run_path(self, task: str, route: Route, tokens: np.ndarray, images: np.ndarray) -> np.ndarray:
-        return self.paths[(task, route)].run(None, {"tokens": tokens, "image": images})[0]
+    def run_trunk(self, width: float, batch: np.ndarray) -> np.ndarray:
+        return self.trunks[width].run(None, {self.adapter.input_name: batch})[0]
+
+    def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        return self.paths[(task, route)].run(None, {"tokens": tokens, self.adapter.input_name: batch})[0]

@@ -4,25 +4,26 @@ real engine (uncalibrated: every route's own latency estimate is 0 ms)."""
 
 import pytest
 
+from models.adapter import load_adapter
 from routing import Budget
-from server.batcher import Batcher
-from server.engine import Engine
-from server.errors import APIError
+from server.compute import ComputeScheduler
+from server.engine import Engine, RequestOptions
+from server.errors import InvalidInput, Overloaded
+from server.metrics import Metrics
 from server.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def engine():
-    e = Engine(Settings(degrade_headroom=0.5))
-    e.batcher = Batcher(e.backend, max_batch_size=64, batch_wait_ms=0, max_queue=1024)
-    yield e
-    e.batcher._executor.shutdown()
+    compute = ComputeScheduler()
+    yield Engine(load_adapter("mnist-scenes"), Settings(degrade_headroom=0.5), compute, Metrics())
+    compute.close()
 
 
 @pytest.fixture
 def backlog(engine):
     def set_ms(ms: float) -> None:
-        engine.batcher.loop_lag_ms = ms
+        engine.compute.loop_lag_ms = ms
 
     yield set_ms
     set_ms(0.0)
@@ -30,7 +31,7 @@ def backlog(engine):
 
 def admit(engine, **kw):
     args = {"budget": "max", "min_budget": "low", "timeout_ms": 100} | kw
-    return engine.admit(["sum"], 1, args["budget"], args["min_budget"], args["timeout_ms"])
+    return engine.admit(RequestOptions(["sum"], **args), 1)
 
 
 def test_idle_server_keeps_the_requested_route(engine, backlog):
@@ -48,9 +49,10 @@ def test_backlog_past_the_headroom_steps_down_to_min_budget(engine, backlog):
 
 def test_backlog_past_the_timeout_sheds_with_retry_after(engine, backlog):
     backlog(120)
-    with pytest.raises(APIError) as e:
+    with pytest.raises(Overloaded) as e:
         admit(engine)
-    assert e.value.status == 503 and e.value.headers["Retry-After"] == "1"
+    assert e.value.retry_after == 1 and e.value.field == "timeout_ms"
+    assert "w25" in e.value.message  # names the cheapest route and its cost
 
 
 def test_without_min_budget_the_route_never_changes(engine, backlog):
@@ -69,3 +71,14 @@ def test_a_busy_width_counts_its_recent_batch_time(engine, backlog):
         engine.batcher.queued = 0
         engine.batcher.batch_ms.clear()
     assert a.degraded and a.plan.width < top.width
+
+
+@pytest.mark.parametrize(("priority", "expected"), [(0, 2), (1, 1), (3, 3)])
+def test_priority_levels_default_to_the_middle(engine, priority, expected):
+    assert admit(engine, timeout_ms=None, priority=priority).priority == expected
+
+
+def test_priority_past_the_levels_is_refused(engine):
+    with pytest.raises(InvalidInput) as e:
+        admit(engine, priority=4)
+    assert e.value.field == "priority"

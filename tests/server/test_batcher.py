@@ -1,0 +1,197 @@
+"""The batching loop driven by a fake backend (LitServe's test_batched_loop style): what runs
+together, in which order, and what each request gets back, with no model and no server."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from models.routes import Route
+from routing import Plan, RouteEntry
+from server.batcher import Batcher, WorkItem
+from server.compute import ComputeScheduler
+from server.errors import DeadlineExceeded, QueueFull
+
+
+class FakeBackend:
+    """Trunk: x + width; path: tokens * task factor. Records every call; can be gated."""
+
+    name = "fake"
+    FACTOR = {"a": 10.0, "b": 100.0}
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run_trunk(self, width, batch):
+        self.gate.wait(timeout=10)
+        self.calls.append(("trunk", width, batch[:, 0].tolist()))
+        return batch + width
+
+    def run_path(self, task, route, tokens, batch):
+        if task == "boom":
+            raise RuntimeError("backend failure")
+        self.calls.append(("path", task, len(tokens)))
+        return tokens * self.FACTOR[task]
+
+
+def plan(width: float, *tasks: str) -> Plan:
+    entries = tuple(RouteEntry(t, Route(width, 1, 1.0), 1, width, 1.0) for t in tasks)
+    return Plan(width, entries, 1, width, 1.0)
+
+
+def stack(inputs):
+    return np.concatenate(inputs)
+
+
+@pytest.fixture
+def setup():
+    compute, backend = ComputeScheduler(), FakeBackend()
+
+    def make(**kw) -> Batcher:
+        args = {"max_batch_size": 64, "batch_wait_ms": 0, "max_queue": 1024} | kw
+        b = Batcher(backend, stack, compute, **args)
+        b.start()
+        return b
+
+    yield backend, make
+    compute.close()
+
+
+def item(values, p, **kw) -> WorkItem:
+    return WorkItem(np.array(values, dtype=np.float32)[:, None], p, **kw)
+
+
+def test_requests_of_different_tasks_share_one_trunk_run(setup):
+    backend, make = setup
+
+    async def main():
+        b = make()
+        backend.gate.clear()  # hold the first batch so that the rest queue behind it
+        first = asyncio.create_task(b.submit(item([0], plan(0.5, "a"))))
+        await asyncio.sleep(0.05)
+        rest = [
+            b.submit(item([1, 2], plan(0.5, "a"))),
+            b.submit(item([3], plan(0.5, "b"))),
+            b.submit(item([4], plan(0.5, "a", "b"))),
+        ]
+        backend.gate.set()
+        results = await asyncio.gather(first, *rest)
+        await b.stop()
+        return results
+
+    r0, r1, r2, r3 = asyncio.run(main())
+    trunks = [c for c in backend.calls if c[0] == "trunk"]
+    assert trunks == [("trunk", 0.5, [0.0]), ("trunk", 0.5, [1.0, 2.0, 3.0, 4.0])]
+    np.testing.assert_allclose(r1.outputs["a"][:, 0], [15.0, 25.0])  # (x + 0.5) * 10, in order
+    np.testing.assert_allclose(r2.outputs["b"][:, 0], [350.0])
+    np.testing.assert_allclose(r3.outputs["a"][:, 0], [45.0])
+    np.testing.assert_allclose(r3.outputs["b"][:, 0], [450.0])
+    assert r1.batch_size == r2.batch_size == r3.batch_size == 4
+    assert sorted(c[1:] for c in backend.calls if c[0] == "path")[-2:] == [("a", 3), ("b", 2)]
+
+
+def test_widths_run_in_separate_batches(setup):
+    backend, make = setup
+
+    async def main():
+        b = make()
+        out = await asyncio.gather(b.submit(item([1], plan(0.25, "a"))), b.submit(item([2], plan(1.0, "a"))))
+        await b.stop()
+        return out
+
+    low, full = asyncio.run(main())
+    assert {c[1] for c in backend.calls if c[0] == "trunk"} == {0.25, 1.0}
+    assert low.outputs["a"][0, 0] == pytest.approx(12.5) and full.outputs["a"][0, 0] == pytest.approx(30.0)
+
+
+def test_priority_orders_the_queue_then_arrival(setup):
+    backend, make = setup
+
+    async def main():
+        b = make(max_batch_size=1)
+        backend.gate.clear()
+        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
+        await asyncio.sleep(0.05)
+        tasks = [
+            asyncio.create_task(b.submit(item([v], plan(1.0, "a"), priority=p)))
+            for v, p in ((1, 3), (2, 2), (3, 1), (4, 2), (5, 1))
+        ]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.stop()
+
+    asyncio.run(main())
+    order = [c[2][0] for c in backend.calls if c[0] == "trunk"]
+    assert order == [0, 3, 5, 2, 4, 1]
+
+
+def test_a_request_past_its_deadline_is_never_run(setup):
+    backend, make = setup
+
+    async def main():
+        b = make()
+        backend.gate.clear()
+        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(b.submit(item([7], plan(1.0, "a"), deadline=time.monotonic() + 0.02)))
+        await asyncio.sleep(0.1)
+        backend.gate.set()
+        await blocker
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await b.stop()
+
+    asyncio.run(main())
+    assert all(7.0 not in c[2] for c in backend.calls if c[0] == "trunk")
+
+
+def test_a_full_queue_refuses_and_a_failed_batch_fails_only_its_requests(setup):
+    backend, make = setup
+
+    async def main():
+        b = make(max_queue=2)
+        backend.gate.clear()
+        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
+        await asyncio.sleep(0.05)
+        bad = asyncio.create_task(b.submit(item([1], plan(0.5, "boom"))))
+        good = asyncio.create_task(b.submit(item([2], plan(1.0, "a"))))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await b.submit(item([3], plan(1.0, "a")))
+        backend.gate.set()
+        await blocker
+        with pytest.raises(RuntimeError, match="backend failure"):
+            await bad
+        result = await good
+        after = await b.submit(item([4], plan(1.0, "a")))  # the loop goes on
+        await b.stop()
+        return result, after
+
+    good, after = asyncio.run(main())
+    assert good.outputs["a"][0, 0] == pytest.approx(30.0) and after.outputs["a"][0, 0] == pytest.approx(50.0)
+
+
+def test_two_models_share_the_compute_thread_in_turn(setup):
+    backend, make = setup
+
+    async def main():
+        a, b = make(max_batch_size=1), make(max_batch_size=1)
+        backend.gate.clear()
+        jobs = [a.submit(item([v], plan(1.0, "a"))) for v in (1, 2, 3)]
+        jobs += [b.submit(item([v], plan(1.0, "a"))) for v in (11, 12, 13)]
+        tasks = [asyncio.create_task(j) for j in jobs]
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        await asyncio.gather(*tasks)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+    order = [c[2][0] for c in backend.calls if c[0] == "trunk"]
+    assert order == [1, 11, 2, 12, 3, 13]
+
