@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,9 +27,15 @@ from server.compute import ComputeScheduler
 from server.errors import DeadlineExceeded, QueueFull
 
 _order = itertools.count()
+log = logging.getLogger("trunkline")
 
 
-@dataclass
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the batching loop stopped", exc_info=task.exception())
+
+
+@dataclass(eq=False)  # compared by (priority, arrival) only, never by its arrays
 class WorkItem:
     inputs: np.ndarray  # this request's decoded instances, as the adapter decoded them
     plan: Plan
@@ -109,6 +116,7 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         if self._task:

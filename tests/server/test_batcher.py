@@ -195,3 +195,24 @@ def test_two_models_share_the_compute_thread_in_turn(setup):
     order = [c[2][0] for c in backend.calls if c[0] == "trunk"]
     assert order == [1, 11, 2, 12, 3, 13]
 
+
+def test_requests_of_two_widths_queued_together_are_all_answered(setup):
+    """Queue heads of several widths are compared by (priority, arrival) only."""
+    backend, make = setup
+
+    async def main():
+        b = make()
+        backend.gate.clear()
+        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
+        await asyncio.sleep(0.05)
+        tasks = [
+            asyncio.create_task(b.submit(item([v], plan(w, "a"))))
+            for v, w in ((1, 0.25), (2, 1.0), (3, 0.25))
+        ]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        out = await asyncio.wait_for(asyncio.gather(blocker, *tasks), timeout=5)
+        await b.stop()
+        return out
+
+    assert len(asyncio.run(main())) == 4
