@@ -166,7 +166,13 @@ class Batcher:
             if item.future.done():  # cancelled by a disconnected client
                 continue
             if item.deadline is not None and time.monotonic() > item.deadline:
-                item.future.set_exception(DeadlineExceeded("timed out waiting in the queue", retry_after=1))
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        "timed out waiting in the queue; retry later or raise timeout_ms",
+                        "timeout_ms",
+                        retry_after=1,
+                    )
+                )
                 continue
             items.append(item)
             size += len(item)

@@ -22,7 +22,7 @@ from server import calibration
 from server.backends import create_backend
 from server.batcher import Batcher, BatchResult, WorkItem
 from server.compute import ComputeScheduler
-from server.errors import BudgetTooSmall, InvalidInput, Overloaded, UnknownTask
+from server.errors import BudgetTooSmall, InvalidInput, InvalidValue, Overloaded, UnknownTask
 from server.metrics import Metrics
 from server.schemas import Receipt, TaskReceipt
 from server.settings import Settings
@@ -191,20 +191,20 @@ class Engine:
         try:
             b = Budget.parse(opts.budget) if opts.budget is not None else self.default_budget
         except BudgetError as e:
-            raise InvalidInput(str(e), "budget") from None
+            raise InvalidValue(str(e), "budget") from None
         try:
             floor = Budget.parse(opts.min_budget) if opts.min_budget is not None else b
         except BudgetError as e:
-            raise InvalidInput(str(e).replace("budget", "min_budget", 1), "min_budget") from None
+            raise InvalidValue(str(e).replace("budget", "min_budget", 1), "min_budget") from None
         if not b.at_least(floor):
-            raise InvalidInput(f"min_budget {floor.label} is larger than budget {b.label}", "min_budget")
+            raise InvalidValue(f"min_budget {floor.label} is larger than budget {b.label}", "min_budget")
         weights = opts.task_weights
         if weights:
             unknown = sorted(set(weights) - set(opts.tasks))
             if unknown:
-                raise InvalidInput(f"names tasks not requested: {unknown}", "task_weights")
+                raise InvalidValue(f"names tasks not requested: {unknown}", "task_weights")
             if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
-                raise InvalidInput("must be positive numbers", "task_weights")
+                raise InvalidValue("must be positive numbers", "task_weights")
         priority = self.priority(opts.priority, priority_field)
         try:
             if opts.latency_ms is not None:

@@ -30,11 +30,15 @@ class BadEncoding(InvalidInput):
     code = "bad_encoding"
 
 
-class UnknownTask(InvalidInput):
+class InvalidValue(InvalidInput):
+    """A well-formed request asking for something this model cannot do (422 in both APIs)."""
+
+
+class UnknownTask(InvalidValue):
     code = "unknown_task"
 
 
-class BudgetTooSmall(InvalidInput):
+class BudgetTooSmall(InvalidValue):
     code = "budget_too_small"
 
 
@@ -81,6 +85,8 @@ class Overloaded(TrunklineError):
 
 
 class DeadlineExceeded(Overloaded):
+    """The request's timeout passed while it waited in the queue; it never ran."""
+
     code = "deadline_exceeded"
 
 

@@ -28,6 +28,7 @@ STATUS: dict[type[e.TrunklineError], int] = {
     e.InvalidJSON: 400,
     e.BadEncoding: 400,
     e.InvalidInput: 422,
+    e.InvalidValue: 422,
     e.TooLarge: 413,
     e.UnsupportedMediaType: 415,
     e.Unauthorized: 401,

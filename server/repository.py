@@ -135,6 +135,10 @@ class ModelRepository:
         engine = slot.engine
         if slot.state == ModelState.UNLOADING:
             raise ModelUnloading(f"model {slot.name!r} is being unloaded", "model", retry_after=1)
+        if engine is None and slot.state == ModelState.LOADING:
+            raise ModelNotReady(
+                f"model {slot.name!r} is loading; see /v2/models/{slot.name}/ready", retry_after=1
+            )
         if engine is None:
             raise ModelNotFound(f"model {slot.name!r} is not loaded ({slot.reason})", "model")
         if version is not None and version != engine.version:

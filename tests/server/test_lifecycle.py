@@ -66,17 +66,3 @@ def test_ready_after_calibration_and_graceful_drain(scenes):
         if s.proc.poll() is None:
             s.proc.kill()
 
-
-def test_reload_swaps_atomically_under_traffic(server, scenes):
-    body = payload(scenes.images[:4], tasks=["count", "sum"], budget="medium")
-    with ThreadPoolExecutor(4) as pool:
-        reload = pool.submit(httpx.post, f"{server.url}/v2/repository/models/mnist-scenes/load", timeout=300)
-        answers = []
-        while not reload.done():
-            answers.append(httpx.post(f"{server.url}/v1/predict", json=body, timeout=60))
-        assert reload.result().status_code == 200 and reload.result().json()["ready"] is True
-    assert answers and all(r.status_code in (200,) for r in answers)
-    first, last = answers[0].json(), httpx.post(f"{server.url}/v1/predict", json=body, timeout=60).json()
-    assert first["outputs"] == last["outputs"]
-    index = httpx.post(f"{server.url}/v2/repository/index").json()
-    assert index == [{"name": "mnist-scenes", "version": "1", "state": "READY"}]

@@ -85,6 +85,32 @@ def test_index_load_unload_and_versions(client, repo, scenes):
     assert states(client)["scenes-b"] == ("READY", "1")
 
 
+def test_reload_swaps_atomically_under_traffic(server, scenes):
+    body = payload(scenes.images[:4], tasks=["count", "sum"], budget="medium")
+    with ThreadPoolExecutor(4) as pool:
+        reload = pool.submit(httpx.post, f"{server.url}/v2/repository/models/mnist-scenes/load", timeout=300)
+        answers = []
+        while not reload.done():
+            answers.append(httpx.post(f"{server.url}/v1/predict", json=body, timeout=60))
+        assert reload.result().status_code == 200 and reload.result().json()["ready"] is True
+    assert answers and {r.status_code for r in answers} == {200}
+    first, last = answers[0].json(), httpx.post(f"{server.url}/v1/predict", json=body, timeout=60).json()
+    assert first["outputs"] == last["outputs"] and last["model"] == "mnist-scenes"
+
+
+def test_load_and_unload_need_explicit_mode(scenes):
+    s = RunningServer("torch")  # model control mode none (the default)
+    try:
+        s.wait_ready()
+        for action in ("load", "unload"):
+            r = httpx.post(f"{s.url}/v2/repository/models/mnist-scenes/{action}", timeout=30)
+            assert r.status_code == 403 and "--model-control-mode explicit" in r.json()["error"]
+        index = httpx.post(f"{s.url}/v2/repository/index").json()
+        assert index == [{"name": "mnist-scenes", "version": "1", "state": "READY", "reason": ""}]
+    finally:
+        s.stop()
+
+
 def test_unknown_and_unsafe_model_names_are_404(server):
     for name in ("nope", "..", "%2e%2e", "a%2Fb"):
         r = httpx.post(f"{server.url}/v2/repository/models/{name}/load", timeout=30)
