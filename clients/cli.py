@@ -9,6 +9,10 @@ import sys
 from clients.client import Client, TrunklineError
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trunkline predict", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -32,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_ms=args.timeout_ms,
                 mask_format="png",
             )
-    except TrunklineError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except TrunklineError as e:  # an error answer, or no answer (TransportError: server down, unreachable)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # an image file that cannot be read
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result.raw, indent=2))
@@ -54,3 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         f"backend={r.backend} batch={r.batch_size} compute={r.compute_ms:.1f}ms"
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,33 @@ class ServerError(TrunklineError):
     """5xx other than overload."""
 
 
+class TransportError(TrunklineError):
+    """No answer at all: the server is down, unreachable, or dropped the connection (`status` is 0)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "transport", message)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _transport_error(url: str, exc: httpx.TransportError) -> TransportError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = re.sub(r"^\[Errno -?\d+\] ", "", reason)
+    if reason[1:2].islower():  # "Connection refused" -> "connection refused"; "SSL: ..." stays
+        reason = reason[:1].lower() + reason[1:]
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return TransportError(f"cannot reach {url}: {reason}")
+    return TransportError(f"no answer from {url}: {reason}")
+
+
+def _known_fields(cls, data: dict) -> dict:
+    """The keys of `data` that are fields of dataclass `cls`: a newer server may send more."""
+    names = {f.name for f in fields(cls) if f.name != "raw"}
+    return {k: v for k, v in data.items() if k in names}
+
+
 @dataclass
 class Receipt:
     """What actually ran for a request."""
@@ -51,6 +79,12 @@ class Receipt:
     batch_size: int
     queue_ms: float
     compute_ms: float
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Receipt:
+        """Ignores fields this client does not know; they stay in `raw`."""
+        return cls(**_known_fields(cls, data), raw=data)
 
     def route(self, task: str) -> str:
         return self.tasks[task]["route"]
@@ -66,6 +100,11 @@ class Prediction:
     def labels(self, task: str) -> list[Any]:
         """Per instance: the label (classification), labels (multi-label) or mask (dense)."""
         return [o[task].get("label", o[task].get("labels", o[task].get("mask"))) for o in self.outputs]
+
+    @classmethod
+    def from_dict(cls, body: dict) -> Prediction:
+        """A /v1/predict response body; unknown fields are ignored here and kept in `raw`."""
+        return cls(body["model"], body["outputs"], Receipt.from_dict(body["route"]), body)
 
 
 def encode_image(image: ImageLike) -> str | list:
@@ -149,8 +188,7 @@ class _RequestBuilder:
     @staticmethod
     def prediction(response: httpx.Response) -> Prediction:
         _raise_for(response)
-        body = response.json()
-        return Prediction(body["model"], body["outputs"], Receipt(**body["route"]), body)
+        return Prediction.from_dict(response.json())
 
     @staticmethod
     def json(response: httpx.Response) -> dict:
@@ -161,9 +199,23 @@ class _RequestBuilder:
 class Client(_RequestBuilder):
     """Blocking client. `with Client(url) as c: c.predict(images, task="sum", budget="low")`."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         super().__init__(url, token)
-        self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
+        )
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
 
     def predict(
         self,
@@ -182,16 +234,16 @@ class Client(_RequestBuilder):
         payload = self.predict_payload(
             images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
         )
-        return self.prediction(self._http.post("/v1/predict", json=payload))
+        return self.prediction(self._send("POST", "/v1/predict", json=payload))
 
     def models(self) -> list[dict]:
-        return self.json(self._http.get("/v1/models"))["models"]
+        return self.json(self._send("GET", "/v1/models"))["models"]
 
     def model(self, name: str) -> dict:
-        return self.json(self._http.get(f"/v1/models/{name}"))
+        return self.json(self._send("GET", f"/v1/models/{name}"))
 
     def ready(self) -> bool:
-        return self._http.get("/v2/health/ready").status_code == 200
+        return self._send("GET", "/v2/health/ready").status_code == 200
 
     def close(self) -> None:
         self._http.close()
@@ -206,9 +258,23 @@ class Client(_RequestBuilder):
 class AsyncClient(_RequestBuilder):
     """Asyncio client with the same methods as `Client`, awaited."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         super().__init__(url, token)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
+        )
+
+    async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
 
     async def predict(
         self,
@@ -227,16 +293,16 @@ class AsyncClient(_RequestBuilder):
         payload = self.predict_payload(
             images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
         )
-        return self.prediction(await self._http.post("/v1/predict", json=payload))
+        return self.prediction(await self._send("POST", "/v1/predict", json=payload))
 
     async def models(self) -> list[dict]:
-        return self.json(await self._http.get("/v1/models"))["models"]
+        return self.json(await self._send("GET", "/v1/models"))["models"]
 
     async def model(self, name: str) -> dict:
-        return self.json(await self._http.get(f"/v1/models/{name}"))
+        return self.json(await self._send("GET", f"/v1/models/{name}"))
 
     async def ready(self) -> bool:
-        return (await self._http.get("/v2/health/ready")).status_code == 200
+        return (await self._send("GET", "/v2/health/ready")).status_code == 200
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -110,7 +110,12 @@ class ModelAdapter:
         """An ordinary module: (tokens, batch) -> the task's probabilities at `route`."""
         raise NotImplementedError
 
-    def export_onnx(self, routes: dict[str, list[Route]], out: Path) -> list[Path]:
+    def export_trunk(self, width: float, out: Path) -> Path:
+        """The trunk at `width` as an ONNX graph (input `input_name`, output tokens)."""
+        raise NotImplementedError
+
+    def export_path(self, task: str, route: Route, out: Path) -> Path:
+        """A task path as an ONNX graph (inputs `tokens` and `input_name`)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:

@@ -36,6 +36,7 @@ class _PathGraph(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes = tuple({0: batch} for _ in names)
     with warnings.catch_warnings():
@@ -54,23 +55,22 @@ def _export(module: nn.Module, args: tuple, names: list[str], out: Path) -> Path
     return out
 
 
-def export_trunk(model: TaskRoutedModel, width: float, out_dir: Path) -> Path:
+def export_trunk(model: TaskRoutedModel, width: float, out: Path) -> Path:
     cfg = model.cfg
     sub = model.extract(
         Route(width, min(cfg.routes.experts), min(cfg.routes.decoder_widths)), tasks=[cfg.task_names[0]]
     )
     image = torch.rand(2, cfg.input.channels, cfg.input.height, cfg.input.width)
-    return _export(sub.trunk, (image,), ["image"], out_dir / trunk_file(width))
+    return _export(sub.trunk, (image,), ["image"], out)
 
 
-def export_path(model: TaskRoutedModel, task: str, route: Route, out_dir: Path) -> Path:
+def export_path(model: TaskRoutedModel, task: str, route: Route, out: Path) -> Path:
     cfg = model.cfg
     sub = model.extract({task: route})
     image = torch.rand(2, cfg.input.channels, cfg.input.height, cfg.input.width)
     tokens = sub.trunk(image)
     return _export(
-        _PathGraph(sub.paths[task]), (tokens, image), ["tokens", "image"], out_dir / path_file(task, route)
-    )
+        _PathGraph(sub.paths[task]), (tokens, image), ["tokens", "image"], out)
 
 
 def export_routes(
@@ -83,9 +83,9 @@ def export_routes(
     widths = sorted({r.width for rs in routes.values() for r in rs})
     for width in widths:
         if force or not (out_dir / trunk_file(width)).exists():
-            written.append(export_trunk(model, width, out_dir))
+            written.append(export_trunk(model, width, out_dir / trunk_file(width)))
     for task, rs in routes.items():
         for route in rs:
             if force or not (out_dir / path_file(task, route)).exists():
-                written.append(export_path(model, task, route, out_dir))
+                written.append(export_path(model, task, route, out_dir / path_file(task, route)))
     return written

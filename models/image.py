@@ -12,10 +12,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from models import checkpoint
+from models import checkpoint, export
 from models.adapter import InputError, ModelAdapter, Tensor, register
 from models.config import TaskSpec
-from models.export import export_routes
 from models.routes import ConfigFlops, Route
 
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
@@ -131,8 +130,11 @@ class ImageAdapter(ModelAdapter):
     def path_module(self, task: str, route: Route) -> nn.Module:
         return self.model.extract_path(task, route)
 
-    def export_onnx(self, routes: dict[str, list[Route]], out: Path) -> list[Path]:
-        return export_routes(self.model, routes, out)
+    def export_trunk(self, width: float, out: Path) -> Path:
+        return export.export_trunk(self.model, width, out)
+
+    def export_path(self, task: str, route: Route, out: Path) -> Path:
+        return export.export_path(self.model, task, route, out)
 
 
 def _numbers(data: object, field: str) -> np.ndarray:

@@ -162,7 +162,10 @@ class RouteTables:
         if not trunk:
             return None
         bucket = _bucket(trunk, batch)
-        return trunk[bucket] + sum(e.latency_ms.get(bucket, 0.0) for e in plan.entries)
+        ms = trunk[bucket] + sum(e.latency_ms.get(bucket, 0.0) for e in plan.entries)
+        # past the largest bucket timed so far (calibration goes on in the background),
+        # assume time grows with the batch: an estimate that errs on the slow side
+        return ms * max(1.0, batch / bucket)
 
     def route_latency_ms(self, entry: RouteEntry, bucket: int) -> float:
         """Calibrated latency of one task's route alone: its trunk width plus its path."""

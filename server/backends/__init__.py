@@ -39,3 +39,15 @@ def create_backend(name: str, adapter: ModelAdapter, settings) -> Backend:
 
         return OnnxBackend(adapter, threads=settings.threads, cache_dir=settings.onnx_dir)
     raise ValueError(f"unknown backend {name!r}; expected 'torch' or 'onnxruntime'")
+
+
+def build_backend(name: str, adapter: ModelAdapter, settings, routes: dict[str, list[Route]]) -> Backend:
+    """A backend holding the graphs of `routes`, built at once (benchmarks, tools; the server
+    builds its backends one graph per job on the compute thread)."""
+    backend = create_backend(name, adapter, settings)
+    for width in sorted({r.width for rs in routes.values() for r in rs}):
+        backend.add_trunk(width)
+    for task, rs in routes.items():
+        for route in rs:
+            backend.add_path(task, route)
+    return backend
