@@ -170,25 +170,24 @@ def in_process_throughput(
     backend_name: str, threads: int, tier: str, batch: int, images: np.ndarray
 ) -> float:
     """Instances/s of the same routes called in-process on mixed-task batches of `batch`."""
-    from models import checkpoint
-    from models.routes import ConfigFlops
+    from models.adapter import load_adapter
     from routing import Budget, RouteTables
-    from server.backends import create_backend
+    from server.backends import build_backend
     from server.batcher import WorkItem, run_batch
     from server.settings import Settings
 
     settings = Settings(backend=backend_name, threads=threads)
-    model, tables = checkpoint.load(settings.model)
-    rt = RouteTables(ConfigFlops(model.cfg), tables)
-    routes = {t: [e.route for e in rows] for t, rows in rt.tables.items()}
-    backend = create_backend(backend_name, model, routes, settings)
+    adapter = load_adapter("mnist-scenes")
+    rt = RouteTables(adapter, adapter.route_rows)
     plans = [rt.resolve([t], Budget.parse(tier)) for t in TASKS]
+    routes = {e.task: [e.route] for p in plans for e in p.entries}
+    backend = build_backend(backend_name, adapter, settings, routes)
     by_width: dict[float, list] = {}
     for i in range(batch):
         plan = plans[i % len(plans)]
-        item = WorkItem(images[i : i + 1].astype(np.float32) / 255, plan)
+        item = WorkItem(adapter.decode_instance(images[i].tolist(), "image"), plan)
         by_width.setdefault(plan.width, []).append(item)
-    run = lambda: [run_batch(backend, w, items) for w, items in by_width.items()]
+    run = lambda: [run_batch(backend, adapter.stack, w, items) for w, items in by_width.items()]
     run()
     times = []
     for _ in range(10):

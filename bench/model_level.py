@@ -70,12 +70,11 @@ def accuracy_vs_flops(model: TaskRoutedModel, tables: dict, scale: Scale) -> dic
     from models.train import TEST_SEED
 
     scenes = make_scenes(scale.accuracy_scenes, "test", seed=TEST_SEED)
-    kinds = {t.name: (t.kind, t.num_classes) for t in model.cfg.tasks}
     rows = []
     for task, table in tables.items():
         for r in table:
             module = model.extract({task: Route.parse(r["id"])})
-            test = evaluate(module, scenes, {task: kinds[task]})[task]
+            test = evaluate(module, scenes, [model.cfg.task(task)], model.cfg.input)[task]
             rows.append(
                 {
                     "task": task,
@@ -164,7 +163,8 @@ def machine_limit(model: TaskRoutedModel, scale: Scale) -> dict:
 
 def backends(model: TaskRoutedModel, rt: RouteTables, scale: Scale, threads: int, onnx_dir) -> dict:
     """torch vs onnxruntime on each task's tier routes (trunk + path), batch 1 and 64."""
-    from server.backends import create_backend
+    from models.adapter import load_adapter
+    from server.backends import build_backend
     from server.settings import Settings
 
     # tiny runs (CI) export 4 graphs instead of ~30: one task, tiers low and max
@@ -176,7 +176,8 @@ def backends(model: TaskRoutedModel, rt: RouteTables, scale: Scale, threads: int
         for t in tasks
     }
     settings = Settings(threads=threads, onnx_dir=onnx_dir)
-    made = {name: create_backend(name, model, routes, settings) for name in ("torch", "onnxruntime")}
+    adapter = load_adapter(model.cfg.name)
+    made = {name: build_backend(name, adapter, settings, routes) for name in ("torch", "onnxruntime")}
     rows = []
     for task, task_routes in routes.items():
         for route in task_routes:
