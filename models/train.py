@@ -263,7 +263,7 @@ def render_card(cfg: ModelConfig, recipe: Recipe, tables: dict, test: dict, minu
     lines = [
         f"# {cfg.name}",
         "",
-        "A task-routed multi-task model for MNIST-Scenes v1 (DESIGN.md section 3): a conv stem and",
+        "A task-routed multi-task model for MNIST-Scenes v1 (docs/design.md section 7): a conv stem and",
         f"{cfg.trunk_depth} transformer blocks shared by all tasks, {cfg.task_depth} blocks of",
         f"{cfg.num_experts} experts gated per task, and a slimmable decoder per task.",
         "",

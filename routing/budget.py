@@ -1,4 +1,4 @@
-"""Compute budgets (DESIGN.md section 4): a fraction in (0, 1] of the task set's full-route
+"""Compute budgets (docs/design.md section 3): a fraction in (0, 1] of the task set's full-route
 FLOPs per sample, or a named tier."""
 
 from __future__ import annotations
