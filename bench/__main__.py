@@ -5,7 +5,7 @@
     python -m bench peers overload --quick
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
-Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends, repository.
+Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends, repository, startup.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
-HTTP = ["peers", "overload", "memory", "repository"]
+HTTP = ["peers", "overload", "memory", "repository", "startup"]
 ALL = MODEL_LEVEL + HTTP
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         from models.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
-        if needs_server - {"memory", "repository"}:
+        if needs_server - {"memory", "repository", "startup"}:
             with serving.trunkline(args.port, args.threads, scale) as (_, url):
                 if "budget" in wanted:
                     step("budget_http", serving.http_budget, url, images, scale)
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
             step("memory", serving.memory, images, scale, args.threads, args.port + 10)
         if "repository" in wanted:
             step("repository", repository.two_models, images, scale, args.threads, args.port + 20)
+        if "startup" in wanted:
+            step("startup", repository.startup, scale, args.threads, args.port + 21)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

@@ -24,6 +24,7 @@ TITLES = {
     "limit": "8. The limit: trunk vs the machine's GEMM peak",
     "backends": "9. Backends: torch vs onnxruntime",
     "repository": "10. Two models in one server: shares of solo throughput, and loading under traffic",
+    "startup": "11. Time to ready, cold and warm caches",
 }
 
 

@@ -122,3 +122,44 @@ def _load_under_traffic(url: str, traffic: list, concurrency: int, scale: Scale)
             "errors": sum(r[1] != 200 for r in inside),
         },
     }
+
+
+def startup(scale: Scale, threads: int, port: int) -> dict:
+    """Seconds from `trunkline serve` to ready, with empty caches (cold) and again with the
+    calibration and ONNX caches the first start wrote (warm), per backend."""
+    backends = ["torch"] if scale.name == "tiny" else ["torch", "onnxruntime"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            settings = {"cache_dir": f"{tmp}/{backend}", "onnx_dir": f"{tmp}/{backend}/onnx"}
+            for cache in ("cold", "warm"):
+                started = time.monotonic()
+                proc = start_server(backend, port, threads, **settings)
+                ready_s = time.monotonic() - started
+                if cache == "cold":  # the rest of calibration runs after readiness, then is saved
+                    _wait_for_file(Path(settings["cache_dir"]) / "calibration", timeout=600)
+                proc.terminate()
+                proc.wait(timeout=60)
+                rows.append(
+                    {
+                        "model": "mnist-scenes",
+                        "backend": backend,
+                        "cache": cache,
+                        "ready_s": round(ready_s, 1),
+                    }
+                )
+    return {
+        "rows": rows,
+        "goals": [
+            goal("seconds to ready, slowest start (cold and warm)", max(r["ready_s"] for r in rows), 30)
+        ],
+    }
+
+
+def _wait_for_file(folder: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.is_dir() and any(folder.glob("*.json")):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"no calibration cache in {folder} after {timeout} s")

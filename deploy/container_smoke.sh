@@ -79,7 +79,7 @@ pip_quiet() {  # pip, without the noise of index locations this machine's pip.co
     "$PYTHON" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 rm -rf "$WHEELS"
-pip_quiet download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=68" wheel
+pip_quiet download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=77" wheel
 pip_quiet wheel -q -w "$WHEELS" .
 rm -f "$WHEELS"/trunkline-*.whl  # the image builds trunkline from the source it copies
 

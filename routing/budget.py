@@ -29,18 +29,21 @@ class Budget:
             return value
         if isinstance(value, bool):
             raise BudgetError(f"budget must be a number in (0, 1] or one of {list(TIERS)}, got {value!r}")
-        if isinstance(value, str):
+        if isinstance(value, str):  # a tier; numbers travel as JSON numbers, never as strings
             if value in TIERS:
                 return cls(TIERS[value], value)
-            try:
-                value = float(value)
-            except ValueError:
-                raise BudgetError(
-                    f"budget must be a number in (0, 1] or one of {list(TIERS)}, got {value!r}"
-                ) from None
+            raise BudgetError(f"budget must be a number in (0, 1] or one of {list(TIERS)}, got {value!r}")
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
             raise BudgetError(f"budget must be a number in (0, 1] or one of {list(TIERS)}, got {value!r}")
         return cls(float(value), str(value))
+
+    @classmethod
+    def from_text(cls, text: str) -> Budget:
+        """A budget typed on a command line or in an environment variable: a tier or a number."""
+        try:
+            return cls.parse(float(text))
+        except ValueError:
+            return cls.parse(text)
 
     def allows(self, fraction: float) -> bool:
         return self.fraction is None or round(fraction, DECIMALS) <= self.fraction + 1e-9

@@ -35,7 +35,7 @@ def list_models(request: Request) -> Response:
 @router.get("/models/{model}", responses=ERRORS)
 def describe_model(model: str, request: Request) -> dict:
     repo = repository(request)
-    slot = repo._slot(model)
+    slot = repo.slot(model)
     if slot.engine is None:
         raise ModelNotFound(f"model {model!r} is not loaded ({slot.reason})", "model")
     return {**repo.summary(slot), **slot.engine.describe()}

@@ -69,7 +69,7 @@ def model_metadata(model: str, request: Request, version: str | None = None) -> 
 @router.get("/models/{model}/versions/{version}/ready", responses=ERRORS)
 def model_ready(model: str, request: Request, version: str | None = None) -> Response:
     repo = repository(request)
-    slot = repo._slot(model)
+    slot = repo.slot(model)
     engine = slot.engine
     ok = bool(engine and engine.ready and slot.state == "READY" and not repo.draining)
     if version is not None and engine is not None and version != engine.version:

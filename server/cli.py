@@ -55,7 +55,9 @@ def _eval(args: argparse.Namespace) -> None:
         spec = model.cfg.task(task)
         if args.budget is not None:
             rows = [
-                r for r in rows if r["id"] == routing.resolve([task], Budget.parse(args.budget)).entries[0].id
+                r
+                for r in rows
+                if r["id"] == routing.resolve([task], Budget.from_text(args.budget)).entries[0].id
             ]
         result[task] = []
         for row in rows:

@@ -66,7 +66,7 @@ class Engine:
         self.adapter, self.settings, self.compute, self.metrics = adapter, settings, compute, metrics
         self.tables = RouteTables(adapter, adapter.route_rows)
         self.backend = create_backend(settings.backend, adapter, settings)
-        self.default_budget = Budget.parse(settings.default_budget)
+        self.default_budget = Budget.from_text(settings.default_budget)
         self.batcher = Batcher(
             self.backend,
             adapter.stack,

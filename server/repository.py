@@ -92,6 +92,7 @@ class ModelRepository:
         self.explicit = settings.model_control_mode == "explicit"
         self.slots: dict[str, Slot] = {}
         self.draining = False
+        self.started = False
         self._scan()
 
     # -- sources ----------------------------------------------------------------------
@@ -115,7 +116,7 @@ class ModelRepository:
             if name not in self.slots:
                 self.slots[name] = Slot(name, path)
 
-    def _slot(self, name: str) -> Slot:
+    def slot(self, name: str) -> Slot:
         slot = self.slots.get(name) if MODEL_NAME.match(name) else None
         if slot is None:
             raise ModelNotFound(f"unknown model {name!r}; this server has {sorted(self.slots)}", "model")
@@ -131,7 +132,7 @@ class ModelRepository:
         """The engine serving a model (ready or still calibrating), at `version` if given."""
         if self.draining:
             raise ShuttingDown("the server is shutting down", retry_after=1)
-        slot = self._slot(name or self.default_model)
+        slot = self.slot(name or self.default_model)
         engine = slot.engine
         if slot.state == ModelState.UNLOADING:
             raise ModelUnloading(f"model {slot.name!r} is being unloaded", "model", retry_after=1)
@@ -168,9 +169,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not draining, and every model meant to be served is ready."""
-        loading = any(s.state == ModelState.LOADING for s in self.slots.values())
-        return not self.draining and not loading and all(e.ready for e in self.engines())
+        """Server readiness: the models named at start are loaded, every engine serving is
+        ready, and the server is not draining (a model loaded later does not unready it)."""
+        return self.started and not self.draining and all(e.ready for e in self.engines())
 
     def summary(self, slot: Slot) -> dict:
         engine = slot.engine
@@ -210,6 +211,7 @@ class ModelRepository:
         if not self.engines():
             raise RuntimeError("no model could be loaded: " + "; ".join(map(str, results)))
         release_free_memory()
+        self.started = True
 
     async def load(self, name: str, control: bool = True) -> Engine:
         """Load (or reload) a model from its folder and swap it in once it is ready; on
@@ -219,7 +221,7 @@ class ModelRepository:
                 "model control is disabled: start the server with --model-control-mode explicit"
             )
         self._scan()
-        slot = self._slot(name)
+        slot = self.slot(name)
         async with slot.lock:
             old = slot.engine
             if old is None:
@@ -258,7 +260,7 @@ class ModelRepository:
             raise ControlDisabled(
                 "model control is disabled: start the server with --model-control-mode explicit"
             )
-        slot = self._slot(name)
+        slot = self.slot(name)
         async with slot.lock:
             if slot.engine is None:
                 return  # Triton answers an unload of an unloaded model with success

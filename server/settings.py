@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from routing import Budget
+
 CACHE = Path.home() / ".cache" / "trunkline"
 
 
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(CACHE, description="calibration results, per checkpoint and machine")
     drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
     log_level: str = "info"
+
+    @field_validator("default_budget")
+    @classmethod
+    def _budget(cls, value: str) -> str:
+        Budget.from_text(value)  # raises with the accepted forms
+        return value
 
     @field_validator("model", mode="before")
     @classmethod

@@ -85,7 +85,52 @@ V1 = [
     ("image a number", body(inputs=[{"image": 7}]), None, 422, "inputs.0.image"),
     ("second image bad", body(inputs=[{"image": GOOD}, {"image": "xx"}]), None, 422, "inputs.1.image"),
     ("too many instances", body(inputs=[{"image": GOOD}] * 300), None, 413, "inputs"),
+    # what a newcomer meets: no pydantic internals, the field at fault named, no coercion
+    ("image flat list", body(inputs=[{"image": [0] * 3136}]), None, 422, "inputs.0.image"),
+    ("image rgb list", body(inputs=[{"image": [[[0, 0, 0]] * 56] * 56}]), None, 422, "inputs.0.image"),
+    ("image list booleans", body(inputs=[{"image": [[True] * 56] * 56}]), None, 422, "inputs.0.image"),
+    ("data url not png", body(inputs=[{"image": "data:image/jpeg;base64," + jpeg()}]), None, 422, "image"),
+    ("budget boolean", body(budget=True), None, 422, "budget"),
+    ("budget as a string", body(budget="0.5"), None, 422, "budget"),
+    ("timeout string", body(timeout_ms="100"), None, 422, "timeout_ms"),
+    ("timeout boolean", body(timeout_ms=True), None, 422, "timeout_ms"),
+    ("priority past the levels", body(priority=9), None, 422, "priority"),
+    ("priority boolean", body(priority=True), None, 422, "priority"),
 ]
+
+
+def test_v1_errors_name_fields_not_pydantic_types(server):
+    r = httpx.post(f"{server.url}/v1/predict", json=body(inputs=[{"image": [0] * 3136}]), timeout=30)
+    err = r.json()["error"]
+    assert err["field"] == "inputs.0.image" and "56 rows of 56" in err["message"]
+    assert ".str" not in err["message"] and "Input should be" not in err["message"]
+    r = httpx.post(f"{server.url}/v1/predict", json={"inputs": [{"image": GOOD}]}, timeout=30)
+    assert r.json()["error"]["field"] == "task"
+
+
+def test_v1_accepts_what_a_newcomer_sends(server, scenes):
+    """A data-URL PNG, and `tasks` as one comma-separated string (as v2 takes it)."""
+    image = png(scenes.images[0])
+    plain = httpx.post(f"{server.url}/v1/predict", json=body(inputs=[{"image": image}]), timeout=30).json()
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        json=body(task=None, tasks="sum, count", inputs=[{"image": "data:image/png;base64," + image}]),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["sum"] == plain["outputs"][0]["sum"]
+    assert set(r.json()["route"]["tasks"]) == {"sum", "count"}
+
+
+def test_a_timeout_shorter_than_the_route_names_its_cost(server, scenes):
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        json=body(inputs=[{"image": GOOD}] * 64, budget="max", min_budget="max", timeout_ms=0.01),
+        timeout=30,
+    )
+    assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+    message = r.json()["error"]["message"]
+    assert "w100" in message and "ms for 64 instance(s)" in message, message
 
 
 @pytest.mark.parametrize("case", V1, ids=[c[0] for c in V1])
