@@ -185,7 +185,10 @@ def decode_pixel_rows(data: list, field: str, shape: tuple[int, int]) -> np.ndar
     if len(data) != h or any(not isinstance(r, list) or len(r) != w for r in data):
         got = f"a list of {len(data)}" if data and not isinstance(data[0], list) else "another shape"
         raise InputError(field, f"must be {h} rows of {w} numbers 0-255 (grayscale), got {got}")
-    array = _numbers(data, field).reshape(h, w)
+    array = _numbers(data, field)
+    if array.size != h * w:  # e.g. rows of [r, g, b] triples
+        raise InputError(field, f"must be {h} rows of {w} numbers 0-255 (grayscale, one number a pixel)")
+    array = array.reshape(h, w)
     if array.min() < 0 or array.max() > 255:
         raise InputError(field, "values must be numbers in [0, 255]")
     return array.round().astype(np.uint8)

@@ -43,7 +43,6 @@ def tables(scores=(0.80, 0.85, 0.90, 0.93, 0.95)) -> RouteTables:
         ("high", 0.75),
         ("max", 1.0),
         (0.3, 0.3),
-        ("0.3", 0.3),
         (1, 1.0),
         ("min", None),
     ],
@@ -52,7 +51,14 @@ def test_budget_parse(value, fraction):
     assert Budget.parse(value).fraction == fraction
 
 
-@pytest.mark.parametrize("value", [0, -0.1, 1.5, "huge", "", math.nan, math.inf, True, None, [0.5]])
+def test_budget_from_text_reads_numbers_and_tiers():
+    """Command lines and environment variables carry text; JSON bodies carry numbers."""
+    assert Budget.from_text("0.3").fraction == 0.3 and Budget.from_text("low").fraction == 0.25
+    with pytest.raises(BudgetError):
+        Budget.from_text("nan")
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, "huge", "", "0.3", math.nan, math.inf, True, None, [0.5]])
 def test_budget_parse_rejects(value):
     with pytest.raises(BudgetError, match="budget must be"):
         Budget.parse(value)
