@@ -65,14 +65,20 @@ def item(values, p, **kw) -> WorkItem:
     return WorkItem(np.array(values, dtype=np.float32)[:, None], p, **kw)
 
 
+async def hold(b: Batcher, backend: FakeBackend, width: float = 1.0) -> asyncio.Task:
+    """Hold the compute thread on a first batch (input 0) so that what follows queues."""
+    backend.gate.clear()
+    blocker = asyncio.create_task(b.submit(item([0], plan(width, "a"))))
+    await asyncio.sleep(0.05)
+    return blocker
+
+
 def test_requests_of_different_tasks_share_one_trunk_run(setup):
     backend, make = setup
 
     async def main():
         b = make()
-        backend.gate.clear()  # hold the first batch so that the rest queue behind it
-        first = asyncio.create_task(b.submit(item([0], plan(0.5, "a"))))
-        await asyncio.sleep(0.05)
+        first = await hold(b, backend, width=0.5)
         rest = [
             b.submit(item([1, 2], plan(0.5, "a"))),
             b.submit(item([3], plan(0.5, "b"))),
@@ -113,9 +119,7 @@ def test_priority_orders_the_queue_then_arrival(setup):
 
     async def main():
         b = make(max_batch_size=1)
-        backend.gate.clear()
-        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
-        await asyncio.sleep(0.05)
+        blocker = await hold(b, backend)
         tasks = [
             asyncio.create_task(b.submit(item([v], plan(1.0, "a"), priority=p)))
             for v, p in ((1, 3), (2, 2), (3, 1), (4, 2), (5, 1))
@@ -135,9 +139,7 @@ def test_a_request_past_its_deadline_is_never_run(setup):
 
     async def main():
         b = make()
-        backend.gate.clear()
-        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
-        await asyncio.sleep(0.05)
+        blocker = await hold(b, backend)
         late = asyncio.create_task(b.submit(item([7], plan(1.0, "a"), deadline=time.monotonic() + 0.02)))
         await asyncio.sleep(0.1)
         backend.gate.set()
@@ -155,9 +157,7 @@ def test_a_full_queue_refuses_and_a_failed_batch_fails_only_its_requests(setup):
 
     async def main():
         b = make(max_queue=2)
-        backend.gate.clear()
-        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
-        await asyncio.sleep(0.05)
+        blocker = await hold(b, backend)
         bad = asyncio.create_task(b.submit(item([1], plan(0.5, "boom"))))
         good = asyncio.create_task(b.submit(item([2], plan(1.0, "a"))))
         await asyncio.sleep(0.01)
@@ -202,9 +202,7 @@ def test_requests_of_two_widths_queued_together_are_all_answered(setup):
 
     async def main():
         b = make()
-        backend.gate.clear()
-        blocker = asyncio.create_task(b.submit(item([0], plan(1.0, "a"))))
-        await asyncio.sleep(0.05)
+        blocker = await hold(b, backend)
         tasks = [
             asyncio.create_task(b.submit(item([v], plan(w, "a"))))
             for v, w in ((1, 0.25), (2, 1.0), (3, 0.25))
