@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(CACHE, description="calibration results, per checkpoint and machine")
     drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
     log_level: str = "info"
+    access_log: bool = Field(False, description="log every request (uvicorn's access log)")
 
     @field_validator("default_budget")
     @classmethod
