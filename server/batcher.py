@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -51,6 +52,24 @@ class WorkItem:
 
     def __lt__(self, other: WorkItem) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
+
+
+class Recent:
+    """An exponentially weighted mean of recent samples that relaxes back to `rest` as time
+    passes without new ones, so that an estimate learnt in a burst (one huge batch, a slow
+    spell) cannot outlive it when few batches run afterwards."""
+
+    def __init__(self, rest: float, tau_s: float = 1.0, weight: float = 0.2) -> None:
+        self.rest, self.tau, self.weight = rest, tau_s, weight
+        self._value, self._at = rest, time.monotonic()
+
+    def add(self, sample: float) -> None:
+        self._value = (1 - self.weight) * self.value() + self.weight * sample
+        self._at = time.monotonic()
+
+    def value(self) -> float:
+        decay = math.exp(-(time.monotonic() - self._at) / self.tau)
+        return self.rest + (self._value - self.rest) * decay
 
 
 @dataclass
@@ -105,13 +124,14 @@ class Batcher:
         self.on_batch = on_batch  # callback(batch_size, width) for metrics
         self.queues: dict[float, list[WorkItem]] = defaultdict(list)  # heaps by (priority, arrival)
         self.queued = 0  # instances waiting
+        self.queued_at: dict[float, int] = defaultdict(int)  # instances waiting, per trunk width
         self.queued_cost_ms = 0.0
         self.busy_until = 0.0  # monotonic estimate of when the running batch ends
         self.in_flight = 0  # requests submitted and not yet answered
         self._wakeup = asyncio.Event()
         # what batches really cost, learnt while serving (calibration ran on an idle machine):
-        self.slowdown = 1.0  # measured / estimated compute of recent batches
-        self.batch_ms: dict[float, float] = {}  # recent compute time of one batch, per trunk width
+        self.slowdown = Recent(rest=1.0)  # measured / estimated compute of recent batches
+        self.instance_ms: dict[float, Recent] = {}  # recent compute per instance, per trunk width
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -128,13 +148,20 @@ class Batcher:
         loop's lag (requests queue there before they reach admission when request handling,
         not compute, is the bottleneck), the running batch's rest, and the queued compute."""
         running = max(0.0, self.busy_until - time.monotonic()) * 1000
-        return self.compute.loop_lag_ms + running + self.queued_cost_ms * self.slowdown
+        return self.compute.loop_lag_ms + running + self.queued_cost_ms * self.slowdown.value()
 
-    def batch_ms_at(self, width: float) -> float:
-        """Compute time of the batch a request joins now: 0 when idle (it runs alone),
-        else what recent batches at this width took (it may be batched with as many)."""
-        idle = not self.queued and self.busy_until == 0.0
-        return 0.0 if idle else self.batch_ms.get(width, 0.0)
+    @property
+    def idle(self) -> bool:
+        """Nothing queued here and the shared compute thread has nothing to do."""
+        return not self.queued and self.compute.idle
+
+    def batch_ms_at(self, width: float, n: int) -> float:
+        """Compute time of the batch that n more instances at `width` would join: what an
+        instance at this width recently cost, times the instances that batch would hold."""
+        recent = self.instance_ms.get(width)
+        if recent is None:
+            return 0.0
+        return recent.value() * min(self.max_batch_size, self.queued_at[width] + n)
 
     async def submit(self, item: WorkItem) -> BatchResult:
         n = len(item)
@@ -145,6 +172,7 @@ class Batcher:
         item.future = asyncio.get_running_loop().create_future()
         heapq.heappush(self.queues[item.plan.width], item)
         self.queued += n
+        self.queued_at[item.plan.width] += n
         self.queued_cost_ms += item.cost_ms
         self.in_flight += 1
         self._wakeup.set()
@@ -162,6 +190,7 @@ class Batcher:
         while queue and (not items or size + len(queue[0]) <= self.max_batch_size):
             item = heapq.heappop(queue)
             self.queued -= len(item)
+            self.queued_at[width] -= len(item)
             self.queued_cost_ms -= item.cost_ms
             if item.future.done():  # cancelled by a disconnected client
                 continue
@@ -202,7 +231,7 @@ class Batcher:
     async def _run(self, width: float, items: list[WorkItem]) -> None:
         size = sum(len(i) for i in items)
         estimate = sum(i.cost_ms for i in items)
-        self.busy_until = time.monotonic() + estimate * self.slowdown / 1000
+        self.busy_until = time.monotonic() + estimate * self.slowdown.value() / 1000
         started = time.monotonic()
         try:
             outputs = await self.compute.run(run_batch, self.backend, self.stack, width, items)
@@ -215,8 +244,8 @@ class Batcher:
             self.busy_until = 0.0
         compute_ms = (time.monotonic() - started) * 1000
         if estimate > 0:
-            self.slowdown = 0.8 * self.slowdown + 0.2 * compute_ms / estimate
-        self.batch_ms[width] = 0.8 * self.batch_ms.get(width, compute_ms) + 0.2 * compute_ms
+            self.slowdown.add(compute_ms / estimate)
+        self.instance_ms.setdefault(width, Recent(rest=0.0)).add(compute_ms / size)
         if self.on_batch:
             self.on_batch(size, width)
         for it, out in zip(items, outputs):

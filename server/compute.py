@@ -26,6 +26,7 @@ class ComputeScheduler:
         self._cv = threading.Condition()
         self._background_after = 0.0  # monotonic time before which background work yields
         self._closed = False
+        self._running = False
         self._thread = threading.Thread(target=self._work, name="trunkline-compute", daemon=True)
         self._thread.start()
         self.loop_lag_ms = 0.0  # how late the event loop runs a timer: requests wait that long too
@@ -42,10 +43,17 @@ class ComputeScheduler:
             self._cv.notify()
         return await future
 
+    @property
+    def idle(self) -> bool:
+        """No job running and none waiting (background work counts: it holds the thread)."""
+        return not (self._running or self._serving or self._background)
+
     def _next(self):
         with self._cv:
+            self._running = False
             while not (self._serving or self._background or self._closed):
                 self._cv.wait()
+            self._running = True
             if self._background and (not self._serving or time.monotonic() >= self._background_after):
                 return self._background.popleft(), True
             if self._serving:

@@ -224,10 +224,15 @@ class Engine:
     def _fit_deadline(
         self, candidates: list[Plan], budget: Budget, n: int, timeout_ms: float, priority: int
     ) -> Admission:
-        backlog = self.batcher.backlog_ms()
+        # With the compute thread idle and nothing queued, a request waits for nothing: only its
+        # own compute counts (a server shedding while idle had stale estimates feeding on
+        # themselves). Otherwise: the event loop's lag, the work ahead, and the batch it joins.
+        idle = self.batcher.idle
+        backlog = 0.0 if idle else self.batcher.backlog_ms()
 
         def own_ms(plan: Plan) -> float:
-            return max(self.tables.latency_ms(plan, n) or 0.0, self.batcher.batch_ms_at(plan.width))
+            calibrated = self.tables.latency_ms(plan, n) or 0.0
+            return calibrated if idle else max(calibrated, self.batcher.batch_ms_at(plan.width, n))
 
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays

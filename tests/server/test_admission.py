@@ -2,10 +2,13 @@
 frontier, when it keeps its route, and when it is shed. The backlog is set by hand on a
 real engine (uncalibrated: every route's own latency estimate is 0 ms)."""
 
+import time
+
 import pytest
 
 from models.adapter import load_adapter
 from routing import Budget
+from server.batcher import Recent
 from server.compute import ComputeScheduler
 from server.engine import Engine, RequestOptions
 from server.errors import InvalidInput, Overloaded
@@ -22,8 +25,12 @@ def engine():
 
 @pytest.fixture
 def backlog(engine):
+    """Work ahead of a new request: the event loop's lag, with one instance queued (a busy
+    server; an idle one waits for nothing)."""
+
     def set_ms(ms: float) -> None:
         engine.compute.loop_lag_ms = ms
+        engine.batcher.queued = 1 if ms else 0
 
     yield set_ms
     set_ms(0.0)
@@ -61,16 +68,40 @@ def test_without_min_budget_the_route_never_changes(engine, backlog):
     assert not a.degraded and a.plan.flops_fraction == 1.0
 
 
-def test_a_busy_width_counts_its_recent_batch_time(engine, backlog):
+def test_a_busy_width_counts_the_batch_a_request_joins(engine, backlog):
     top = admit(engine).plan
-    engine.batcher.queued = 1  # not idle: a new request may join a batch like the recent ones
-    engine.batcher.batch_ms[top.width] = 60.0
+    engine.batcher.queued = 1  # not idle: a new request joins the 59 instances queued at its width
+    engine.batcher.queued_at[top.width] = 59
+    engine.batcher.instance_ms[top.width] = Recent(rest=0.0)
+    engine.batcher.instance_ms[top.width].add(5.0)  # 1 ms an instance: a 60-instance batch, 60 ms
     try:
         a = admit(engine)
     finally:
         engine.batcher.queued = 0
-        engine.batcher.batch_ms.clear()
+        engine.batcher.queued_at.clear()
+        engine.batcher.instance_ms.clear()
     assert a.degraded and a.plan.width < top.width
+
+
+@pytest.mark.parametrize("lag_ms", [0, 300, 10_000])
+def test_an_idle_server_never_sheds(engine, lag_ms):
+    """With the compute thread idle and nothing queued only the route's own compute counts,
+    however busy the event loop was: stale estimates cannot shed everything."""
+    engine.compute.loop_lag_ms = lag_ms
+    engine.batcher.slowdown.add(1000.0)
+    try:
+        a = admit(engine, min_budget="max", timeout_ms=250)
+    finally:
+        engine.compute.loop_lag_ms = 0.0
+    assert not a.degraded and a.plan.flops_fraction == 1.0
+
+
+def test_learnt_estimates_relax_when_no_batch_runs():
+    recent = Recent(rest=1.0, tau_s=0.05)
+    recent.add(50.0)
+    high = recent.value()
+    time.sleep(0.25)
+    assert high > 10 and recent.value() < 1.5
 
 
 @pytest.mark.parametrize(("priority", "expected"), [(0, 2), (1, 1), (3, 3)])
