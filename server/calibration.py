@@ -44,14 +44,22 @@ def run_ms(fn: Callable, *args) -> float:
 
 
 async def time_width(
-    run: Callable[..., Awaitable], backend, tables: RouteTables, batch: np.ndarray, width: float, rounds: int
+    run: Callable[..., Awaitable],
+    backend,
+    tables: RouteTables,
+    batch: np.ndarray,
+    width: float,
+    rounds: int,
+    warm_up: bool = True,
 ) -> None:
     """Time the trunk at `width` and every path at that width on one batch bucket: the
-    median of `rounds` runs after a warm-up run. `run` puts each single run on the compute
-    thread as its own job, so that serving batches wait for one run at most."""
+    median of `rounds` runs (after a warm-up run, for graphs not run before). `run` puts
+    each single run on the compute thread as its own job, so that serving batches wait for
+    one run at most."""
 
     async def median_ms(fn: Callable, *args) -> float:
-        await run(fn, *args)
+        if warm_up:
+            await run(fn, *args)
         return statistics.median([await run(run_ms, fn, *args) for _ in range(rounds)])
 
     bucket = len(batch)

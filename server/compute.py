@@ -25,6 +25,7 @@ class ComputeScheduler:
         self._background: deque = deque()
         self._cv = threading.Condition()
         self._background_after = 0.0  # monotonic time before which background work yields
+        self._last_serving = -1e9  # when the last serving job ended
         self._closed = False
         self._running = False
         self._thread = threading.Thread(target=self._work, name="trunkline-compute", daemon=True)
@@ -48,17 +49,24 @@ class ComputeScheduler:
         """No job running and none waiting (background work counts: it holds the thread)."""
         return not (self._running or self._serving or self._background)
 
+    QUIET_S = 1.0  # no serving work for this long: background work runs at full speed
+
     def _next(self):
         with self._cv:
             self._running = False
-            while not (self._serving or self._background or self._closed):
-                self._cv.wait()
-            self._running = True
-            if self._background and (not self._serving or time.monotonic() >= self._background_after):
-                return self._background.popleft(), True
-            if self._serving:
-                return self._serving.popleft(), False
-            return None, False
+            while True:
+                if self._closed and not self._serving:
+                    return None, False  # background work of a stopping server is dropped
+                now = time.monotonic()
+                quiet = now - self._last_serving > self.QUIET_S
+                if self._background and (quiet or now >= self._background_after):
+                    self._running = True
+                    return self._background.popleft(), True
+                if self._serving:
+                    self._running = True
+                    return self._serving.popleft(), False
+                # background work waiting for its turn, or nothing to do
+                self._cv.wait(timeout=self._background_after - now if self._background else None)
 
     def _work(self) -> None:
         while True:
@@ -75,6 +83,8 @@ class ComputeScheduler:
                 took = time.monotonic() - started
                 share = self.background_share
                 self._background_after = time.monotonic() + took * (1 - share) / share
+            else:
+                self._last_serving = time.monotonic()
             loop.call_soon_threadsafe(_settle, future, result, error)
             del job, fn, args, result, error  # hold nothing of a finished job (an unloaded model)
 

@@ -83,7 +83,6 @@ class Engine:
             for t in self.tasks
             for e in self.tables.tables[t]
         }
-        self._background: asyncio.Task | None = None
 
     @property
     def name(self) -> str:
@@ -99,43 +98,45 @@ class Engine:
 
     # -- start-up: build graphs, calibrate, ready -------------------------------------
     async def start(self, background: bool) -> None:
-        """Build every graph and calibrate on the compute thread, then turn ready.
+        """Build every graph and calibrate it on the compute thread, then turn ready.
 
         `background` (a model loaded while others serve) runs each step as background work
-        there, so the serving models keep most of the compute. Buckets past the first are
-        timed after readiness; a restart on the same machine reads them from the cache."""
+        there, so the serving models keep most of the compute. A start on the same machine
+        with the same checkpoint reads the timings from the cache and only warms each graph."""
         started = time.perf_counter()
         run = lambda fn, *args: self.compute.run(fn, *args, background=background)  # noqa: E731
         for width in self.tables.widths:
             await run(self.backend.add_trunk, width)
         for e in self.tables.entries():
             await run(self.backend.add_path, e.task, e.route)
-        log.info(
-            "%s: built %d graphs in %.1f s",
-            self.name,
-            len(self.tables.entries()),
-            time.perf_counter() - started,
-        )
+        graphs = len(self.tables.widths) + len(self.tables.entries())
+        log.info("%s: built %d graphs in %.1f s", self.name, graphs, time.perf_counter() - started)
         buckets = sorted(self.settings.batch_buckets)
         cache = self._cache_file()
         cached = await asyncio.to_thread(calibration.restore, cache, self.tables, buckets)
-        first = self.adapter.example_batch(buckets[0])
-        for width in self.tables.widths:
-            if cached:
-                await calibration.warm(run, self.backend, self.tables, first, width)
-            else:
-                await calibration.time_width(run, self.backend, self.tables, first, width, self._rounds)
+        for bucket in buckets[:1] if cached else buckets:
+            batch = self.adapter.example_batch(bucket)
+            for width in self.tables.widths:
+                if cached:
+                    await calibration.warm(run, self.backend, self.tables, batch, width)
+                else:
+                    first = bucket == buckets[0]  # later buckets run graphs that are warm already
+                    args = (self.backend, self.tables, batch, width, self._rounds, first)
+                    await calibration.time_width(run, *args)
+            if not cached:
+                log.info("%s: calibrated batch %d (%.1f s)", self.name, bucket, time.perf_counter() - started)
+        if not cached:
+            await self._save(cache)
         self.ready = True
+        how = "timings from the cache" if cached else "calibrated"
         log.info(
             "%s %s ready on %s in %.1f s (%s)",
             self.name,
             self.version,
             self.backend.name,
             time.perf_counter() - started,
-            "calibration from the cache" if cached else f"batch {buckets[0]} timed; larger batches next",
+            how,
         )
-        if not cached:
-            self._background = asyncio.create_task(self._calibrate_rest(buckets[1:], cache))
 
     @property
     def _rounds(self) -> int:
@@ -147,24 +148,13 @@ class Engine:
             self.settings.cache_dir / "calibration" / f"{self.name}-{self.adapter.fingerprint()}-{key}.json"
         )
 
-    async def _calibrate_rest(self, buckets: list[int], cache) -> None:
-        """Time the larger batch buckets as background work, then save the cache."""
-        started = time.perf_counter()
-        run = lambda fn, *args: self.compute.run(fn, *args, background=True)  # noqa: E731
-        for bucket in buckets:
-            batch = self.adapter.example_batch(bucket)
-            for width in self.tables.widths:
-                await calibration.time_width(run, self.backend, self.tables, batch, width, self._rounds)
-            log.info("%s: calibrated batch %d", self.name, bucket)
-        await asyncio.to_thread(calibration.save, cache, self.tables)
-        log.info(
-            "%s: calibration done in %.1f s, saved to %s", self.name, time.perf_counter() - started, cache
-        )
+    async def _save(self, cache) -> None:
+        try:
+            await asyncio.to_thread(calibration.save, cache, self.tables)
+        except OSError as e:  # a read-only home: serve on, calibrate again next time
+            log.warning("%s: could not save the calibration: %s", self.name, e)
 
     async def stop(self) -> None:
-        if self._background:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
         await self.batcher.stop()
 
     # -- requests ----------------------------------------------------------------------
