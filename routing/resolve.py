@@ -34,7 +34,7 @@ class UnsatisfiableBudget(ValueError):
         self.smallest = smallest
 
 
-@dataclass
+@dataclass(eq=False)  # one object per table row: hashed and compared by identity
 class RouteEntry:
     """One row of a task's route table, plus latencies measured at server start."""
 
@@ -167,6 +167,17 @@ class RouteTables:
         # assume time grows with the batch: an estimate that errs on the slow side
         return ms * max(1.0, batch / bucket)
 
+    def batch_latency_ms(self, width: float, size: int, rows: dict[RouteEntry, int]) -> float:
+        """Calibrated time of one batch: the trunk at `width` on `size` instances, then each
+        route's path on its rows (interpolated between the timed batch sizes); 0 before
+        calibration."""
+        trunk = self.trunk_latency_ms.get(width)
+        if not trunk:
+            return 0.0
+        return _interpolate(trunk, size) + sum(
+            _interpolate(e.latency_ms, n) for e, n in rows.items() if e.latency_ms and n > 0
+        )
+
     def route_latency_ms(self, entry: RouteEntry, bucket: int) -> float:
         """Calibrated latency of one task's route alone: its trunk width plus its path."""
         return self.trunk_latency_ms.get(entry.route.width, {}).get(bucket, 0.0) + entry.latency_ms.get(
@@ -190,6 +201,18 @@ class RouteTables:
                 fastest.flops_fraction,
             )
         return fitting[0]
+
+
+def _interpolate(table: dict[int, float], n: float) -> float:
+    """Time at batch size n from times at timed sizes: linear between them, proportional
+    past the largest (and below the smallest)."""
+    sizes = sorted(table)
+    if n <= sizes[0]:
+        return table[sizes[0]]
+    for lo, hi in zip(sizes, sizes[1:]):
+        if n <= hi:
+            return table[lo] + (table[hi] - table[lo]) * (n - lo) / (hi - lo)
+    return table[sizes[-1]] * n / sizes[-1]
 
 
 def _bucket(table: dict[int, float], batch: int) -> int:

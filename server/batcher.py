@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +41,6 @@ class WorkItem:
     inputs: np.ndarray  # this request's decoded instances, as the adapter decoded them
     plan: Plan
     deadline: float | None = None  # time.monotonic() seconds
-    cost_ms: float = 0.0  # estimated compute share, for backlog estimates
     priority: int = 0  # lower runs first
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
@@ -106,6 +105,13 @@ def run_batch(
     return results
 
 
+def _timed(fn: Callable, *args) -> tuple:
+    """(result, ms) of fn, timed on the compute thread: what the batch cost, without the
+    time the event loop took to pick the result up (that is the loop's lag, counted apart)."""
+    t = time.perf_counter()
+    return fn(*args), (time.perf_counter() - t) * 1000
+
+
 class Batcher:
     def __init__(
         self,
@@ -116,6 +122,7 @@ class Batcher:
         batch_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
+        batch_estimate: Callable[[float, int, dict], float] | None = None,
     ) -> None:
         self.backend, self.stack, self.compute = backend, stack, compute
         self.max_batch_size = max_batch_size
@@ -125,13 +132,14 @@ class Batcher:
         self.queues: dict[float, list[WorkItem]] = defaultdict(list)  # heaps by (priority, arrival)
         self.queued = 0  # instances waiting
         self.queued_at: dict[float, int] = defaultdict(int)  # instances waiting, per trunk width
-        self.queued_cost_ms = 0.0
+        self.queued_rows: dict[float, Counter] = defaultdict(Counter)  # per width: route -> rows
         self.busy_until = 0.0  # monotonic estimate of when the running batch ends
         self.in_flight = 0  # requests submitted and not yet answered
         self._wakeup = asyncio.Event()
-        # what batches really cost, learnt while serving (calibration ran on an idle machine):
-        self.slowdown = Recent(rest=1.0)  # measured / estimated compute of recent batches
-        self.instance_ms: dict[float, Recent] = {}  # recent compute per instance, per trunk width
+        # calibrated compute of a batch (width, instances, rows per route) -> ms, and how much slower
+        # batches really ran while serving (calibration ran on an idle machine), per width
+        self.batch_estimate = batch_estimate or (lambda width, size, rows: 0.0)
+        self.slowdown: dict[float, Recent] = {}
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -143,25 +151,42 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def backlog_ms(self) -> float:
-        """Estimated time until a request arriving now would start computing: the event
+    def ahead_ms(self, width: float) -> float:
+        """Estimated time before the batch that a request at `width` joins starts: the event
         loop's lag (requests queue there before they reach admission when request handling,
-        not compute, is the bottleneck), the running batch's rest, and the queued compute."""
+        not compute, is the bottleneck), the running batch's rest, the batches queued at other
+        widths, and the full batches queued ahead of it at its own width. The instances it
+        will share its batch with are not counted here: `batch_ms_at` counts them."""
         running = max(0.0, self.busy_until - time.monotonic()) * 1000
-        return self.compute.loop_lag_ms + running + self.queued_cost_ms * self.slowdown.value()
+        other = sum(
+            self.batch_ms(w, self.queued_at[w], self.queued_rows[w]) for w in self.queues if w != width
+        )
+        queued = self.queued_at[width]
+        full = queued // self.max_batch_size * self.max_batch_size
+        own = self.batch_ms(width, queued, self.queued_rows[width]) * full / queued if full else 0.0
+        return self.compute.loop_lag_ms + running + other + own
+
+    def batch_ms(self, width: float, size: int, rows: dict) -> float:
+        """Compute of a batch: its calibrated time times how much slower than calibrated
+        recent batches at this width ran."""
+        recent = self.slowdown.get(width)
+        return self.batch_estimate(width, size, rows) * (recent.value() if recent else 1.0)
+
+    def batch_ms_at(self, width: float, plan: Plan, n: int) -> float:
+        """Compute of the batch that n more instances of `plan` would join: with the
+        instances queued at its width that do not fill a batch ahead of it."""
+        queued = self.queued_at[width]
+        rest = queued % self.max_batch_size
+        rows = Counter({e: n for e in plan.entries})
+        if rest:
+            for e, r in self.queued_rows[width].items():
+                rows[e] += round(r * rest / queued)
+        return self.batch_ms(width, min(self.max_batch_size, rest + n), rows)
 
     @property
     def idle(self) -> bool:
         """Nothing queued here and the shared compute thread has nothing to do."""
         return not self.queued and self.compute.idle
-
-    def batch_ms_at(self, width: float, n: int) -> float:
-        """Compute time of the batch that n more instances at `width` would join: what an
-        instance at this width recently cost, times the instances that batch would hold."""
-        recent = self.instance_ms.get(width)
-        if recent is None:
-            return 0.0
-        return recent.value() * min(self.max_batch_size, self.queued_at[width] + n)
 
     async def submit(self, item: WorkItem) -> BatchResult:
         n = len(item)
@@ -173,7 +198,8 @@ class Batcher:
         heapq.heappush(self.queues[item.plan.width], item)
         self.queued += n
         self.queued_at[item.plan.width] += n
-        self.queued_cost_ms += item.cost_ms
+        for e in item.plan.entries:
+            self.queued_rows[item.plan.width][e] += n
         self.in_flight += 1
         self._wakeup.set()
         try:
@@ -191,7 +217,8 @@ class Batcher:
             item = heapq.heappop(queue)
             self.queued -= len(item)
             self.queued_at[width] -= len(item)
-            self.queued_cost_ms -= item.cost_ms
+            for e in item.plan.entries:
+                self.queued_rows[width][e] -= len(item)
             if item.future.done():  # cancelled by a disconnected client
                 continue
             if item.deadline is not None and time.monotonic() > item.deadline:
@@ -230,11 +257,16 @@ class Batcher:
 
     async def _run(self, width: float, items: list[WorkItem]) -> None:
         size = sum(len(i) for i in items)
-        estimate = sum(i.cost_ms for i in items)
-        self.busy_until = time.monotonic() + estimate * self.slowdown.value() / 1000
+        rows = Counter()
+        for it in items:
+            for e in it.plan.entries:
+                rows[e] += len(it)
+        self.busy_until = time.monotonic() + self.batch_ms(width, size, rows) / 1000
         started = time.monotonic()
         try:
-            outputs = await self.compute.run(run_batch, self.backend, self.stack, width, items)
+            outputs, compute_ms = await self.compute.run(
+                _timed, run_batch, self.backend, self.stack, width, items
+            )
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
             for it in items:
                 if not it.future.done():
@@ -242,10 +274,9 @@ class Batcher:
             return
         finally:
             self.busy_until = 0.0
-        compute_ms = (time.monotonic() - started) * 1000
-        if estimate > 0:
-            self.slowdown.add(compute_ms / estimate)
-        self.instance_ms.setdefault(width, Recent(rest=0.0)).add(compute_ms / size)
+        calibrated = self.batch_estimate(width, size, rows)
+        if calibrated > 0:
+            self.slowdown.setdefault(width, Recent(rest=1.0)).add(compute_ms / calibrated)
         if self.on_batch:
             self.on_batch(size, width)
         for it, out in zip(items, outputs):

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,14 +52,16 @@ async def time_width(
     warm_up: bool = True,
 ) -> None:
     """Time the trunk at `width` and every path at that width on one batch bucket: the
-    median of `rounds` runs (after a warm-up run, for graphs not run before). `run` puts
+    fastest of `rounds` runs (after a warm-up run, for graphs not run before). `run` puts
     each single run on the compute thread as its own job, so that serving batches wait for
     one run at most."""
 
     async def median_ms(fn: Callable, *args) -> float:
         if warm_up:
             await run(fn, *args)
-        return statistics.median([await run(run_ms, fn, *args) for _ in range(rounds)])
+        # the fastest run: what the graph costs when nothing else competes for the cores
+        # (a median keeps a spike of a busy machine; the serving slowdown is learnt live)
+        return min([await run(run_ms, fn, *args) for _ in range(rounds)])
 
     bucket = len(batch)
     tokens = await run(backend.run_trunk, width, batch)

@@ -75,6 +75,7 @@ class Engine:
             settings.batch_wait_ms,
             settings.max_queue,
             on_batch=lambda size, width: metrics.batch_size.labels(self.name, str(width)).observe(size),
+            batch_estimate=self.tables.batch_latency_ms,
         )
         self.ready = False
         self.users = 0  # requests holding this engine (see ModelRepository.lease)
@@ -218,39 +219,36 @@ class Engine:
         # own compute counts (a server shedding while idle had stale estimates feeding on
         # themselves). Otherwise: the event loop's lag, the work ahead, and the batch it joins.
         idle = self.batcher.idle
-        backlog = 0.0 if idle else self.batcher.backlog_ms()
 
         def own_ms(plan: Plan) -> float:
             calibrated = self.tables.latency_ms(plan, n) or 0.0
-            return calibrated if idle else max(calibrated, self.batcher.batch_ms_at(plan.width, n))
+            return calibrated if idle else max(calibrated, self.batcher.batch_ms_at(plan.width, plan, n))
+
+        def finish_ms(plan: Plan) -> float:
+            return own_ms(plan) + (0.0 if idle else self.batcher.ahead_ms(plan.width))
 
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays
         # short); the cheapest route may use the whole timeout; past that, shed with 503.
         target = timeout_ms * self.settings.degrade_headroom
-        plan = next((p for p in candidates if backlog + own_ms(p) <= target), candidates[-1])
-        if backlog + own_ms(plan) <= timeout_ms:
+        plan = next((p for p in candidates if finish_ms(p) <= target), candidates[-1])
+        if finish_ms(plan) <= timeout_ms:
             deadline = time.monotonic() + timeout_ms / 1000
             return Admission(plan, plan is not candidates[0], budget, deadline, priority)
         cheapest = candidates[-1]
+        ahead = finish_ms(cheapest) - own_ms(cheapest)
         raise Overloaded(
             f"cannot answer within timeout_ms={timeout_ms:g} even at min_budget: its route "
             f"{'+'.join(e.id for e in cheapest.entries)} takes about {own_ms(cheapest):.1f} ms for "
-            f"{n} instance(s) and about {backlog:.0f} ms of work is ahead of it",
+            f"{n} instance(s) and about {ahead:.0f} ms of work is ahead of it",
             "timeout_ms",
-            retry_after=max(1, math.ceil(backlog / 1000)),
+            retry_after=max(1, math.ceil(ahead / 1000)),
         )
-
-    def cost_ms(self, plan: Plan, n: int) -> float:
-        """Estimated compute share of n instances when batched at the largest bucket."""
-        bucket = max(self.settings.batch_buckets)
-        per_batch = self.tables.latency_ms(plan, bucket)
-        return (per_batch or 0.0) * n / bucket
 
     async def infer(self, inputs: np.ndarray, admission: Admission) -> Prediction:
         """Enqueue, await the batch, and keep the model's metrics."""
         plan, m, name = admission.plan, self.metrics, self.name
-        item = WorkItem(inputs, plan, admission.deadline, self.cost_ms(plan, len(inputs)), admission.priority)
+        item = WorkItem(inputs, plan, admission.deadline, admission.priority)
         m.in_flight.labels(name).inc()
         m.queue_depth.labels(name).set(self.batcher.queued + len(inputs))
         try:

@@ -72,14 +72,13 @@ def test_a_busy_width_counts_the_batch_a_request_joins(engine, backlog):
     top = admit(engine).plan
     engine.batcher.queued = 1  # not idle: a new request joins the 59 instances queued at its width
     engine.batcher.queued_at[top.width] = 59
-    engine.batcher.instance_ms[top.width] = Recent(rest=0.0)
-    engine.batcher.instance_ms[top.width].add(5.0)  # 1 ms an instance: a 60-instance batch, 60 ms
+    engine.tables.trunk_latency_ms[top.width] = {1: 1.0, 64: 61.0}  # alone 1 ms; that batch ~60 ms
     try:
         a = admit(engine)
     finally:
         engine.batcher.queued = 0
         engine.batcher.queued_at.clear()
-        engine.batcher.instance_ms.clear()
+        del engine.tables.trunk_latency_ms[top.width]
     assert a.degraded and a.plan.width < top.width
 
 
@@ -88,11 +87,15 @@ def test_an_idle_server_never_sheds(engine, lag_ms):
     """With the compute thread idle and nothing queued only the route's own compute counts,
     however busy the event loop was: stale estimates cannot shed everything."""
     engine.compute.loop_lag_ms = lag_ms
-    engine.batcher.slowdown.add(1000.0)
+    engine.tables.trunk_latency_ms[1.0] = {1: 5.0}
+    engine.batcher.slowdown[1.0] = Recent(rest=1.0)
+    engine.batcher.slowdown[1.0].add(1000.0)  # as if batches just ran 200x slower than calibrated
     try:
         a = admit(engine, min_budget="max", timeout_ms=250)
     finally:
         engine.compute.loop_lag_ms = 0.0
+        engine.batcher.slowdown.clear()
+        del engine.tables.trunk_latency_ms[1.0]
     assert not a.degraded and a.plan.flops_fraction == 1.0
 
 

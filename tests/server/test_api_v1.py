@@ -171,4 +171,3 @@ def test_openapi_docs_and_metrics(server, scenes):
     ):
         assert name in text
     assert 'task="count"' in text and 'status="200"' in text
-

@@ -65,4 +65,3 @@ def test_ready_after_calibration_and_graceful_drain(scenes):
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
-
