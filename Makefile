@@ -3,23 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 # where the CPU build of torch comes from: empty = the package index's default (a CPU wheel on
 # this project's machines); elsewhere set it to PyTorch's CPU wheel index
 TORCH_INDEX_URL ?=
 
 .PHONY: setup serve test lint bench smoke clean
 
-$(STAMP): pyproject.toml
+# $(call install,EXTRAS): the venv, torch's CPU build first (an unpinned torch pulls a
+# multi-GB CUDA build), then this package with EXTRAS
+define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(BIN)/pip install -q -e '.[dev,ray]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.$(1)'
+	touch $@
+endef
+
+# serving needs only the package itself; tests, benchmarks and lint need everything
+$(SERVE_STAMP): pyproject.toml
+	$(call install,)
+
+$(STAMP): pyproject.toml
+	$(call install,[dev,ray])
 
 setup: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/trunkline serve
 
 lint: $(STAMP)

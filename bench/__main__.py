@@ -5,7 +5,8 @@
     python -m bench peers overload --quick
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
-Comparisons: budget, accuracy, sparse, fanout, peers, overload, memory, limit, backends, repository, startup.
+Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
+repository, startup.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from bench import model_level, report, repository, serving
+from bench import model_level, overhead, report, repository, serving
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
-HTTP = ["peers", "overload", "memory", "repository", "startup"]
+HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup"]
 ALL = MODEL_LEVEL + HTTP
 
 
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
         images = make_scenes(256, "test", seed=4242).images
         if needs_server - {"memory", "repository", "startup"}:
             with serving.trunkline(args.port, args.threads, scale) as (_, url):
+                if "overhead" in wanted:
+                    step("overhead", overhead.overhead, url, images, scale, args.threads)
                 if "budget" in wanted:
-                    step("budget_http", serving.http_budget, url, images, scale)
+                    step("budget_http", serving.http_budget, url, images, scale, args.threads)
                 if "fanout" in wanted:
                     step("fanout_http", serving.http_fan_out, url, images, scale)
                 if "peers" in wanted:

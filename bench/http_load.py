@@ -81,12 +81,13 @@ async def _drive(
             try:
                 async with session.post(path, data=body, headers=headers) as r:
                     status, raw = r.status, await r.read()
+                    retry = "Retry-After" in r.headers
                 receipt = orjson.loads(raw).get("route", {}) if status == 200 else {}
                 batch, fraction = receipt.get("batch_size", 0), receipt.get("flops_fraction")
             except (aiohttp.ClientError, TimeoutError):
-                status, batch, fraction = 0, 0, None
+                status, batch, fraction, retry = 0, 0, None, False
             ms = (time.perf_counter() - start) * 1000
-            results.append((ms, status, batch, time.monotonic(), tag, fraction))
+            results.append((ms, status, batch, time.monotonic(), tag, fraction, retry))
 
         async def worker(w: int) -> None:
             i = w
@@ -103,7 +104,7 @@ async def _drive(
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
                 pending.append(asyncio.create_task(one(i)))
             await asyncio.gather(*pending)
-        return [(ms, st, b, t - t0, tag, f, t) for ms, st, b, t, tag, f in results]
+        return [(ms, st, b, t - t0, tag, f, t, retry) for ms, st, b, t, tag, f, retry in results]
 
 
 def _load_process(url, payloads, concurrency, duration, limit, path, rate, queue) -> None:
@@ -121,7 +122,7 @@ def load(
 ) -> list:
     """Run the load generator in its own process; per request (latency_ms, status, batch size,
     seconds since start, tag, FLOPs fraction of the receipt or None, time.monotonic() at the
-    answer: the same clock in every process of this machine).
+    answer: the same clock in every process of this machine, whether it had Retry-After).
 
     Closed loop with `concurrency` clients, or open loop at `rate` requests/s (then
     `concurrency` only caps the connections)."""

@@ -25,6 +25,7 @@ TITLES = {
     "backends": "9. Backends: torch vs onnxruntime",
     "repository": "10. Two models in one server: shares of solo throughput, and loading under traffic",
     "startup": "11. Time to ready, cold and warm caches",
+    "overhead": "12. Server overhead at batch 1 (end to end minus in-process compute) and its timers",
 }
 
 

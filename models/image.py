@@ -150,10 +150,15 @@ def _numbers(data: object, field: str) -> np.ndarray:
     return array
 
 
+NUMBER_TYPES = frozenset((int, float))  # exactly: bool is an int subclass, and not a number here
+
+
 def _all_numbers(data: object) -> bool:
     if isinstance(data, list):
-        return all(_all_numbers(x) for x in data)
-    return isinstance(data, (int, float)) and not isinstance(data, bool)
+        if data and isinstance(data[0], list):
+            return all(_all_numbers(x) for x in data)
+        return set(map(type, data)) <= NUMBER_TYPES  # one C-level pass over a row
+    return type(data) in NUMBER_TYPES
 
 
 def decode_png(data: str, field: str, shape: tuple[int, int]) -> np.ndarray:

@@ -6,14 +6,17 @@ admits and runs them, the task kinds encode the outputs."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.engine import Engine, RequestOptions
+from models.adapter import ModelAdapter
+from server.engine import RequestOptions
 from server.errors import InvalidInput, ModelNotFound, TooLarge, UnsupportedMediaType
-from server.http import V1Route, body_bytes, model_response, parse_json, require_auth
+from server.http import Call, V1Route, answer, model_response, parse_json, require_auth, v1_error
 from server.repository import ModelRepository
 from server.schemas import ErrorResponse, ModelList, ModelSummary, PredictRequest, PredictResponse
 
@@ -65,16 +68,19 @@ def request_options(req: PredictRequest) -> RequestOptions:
     )
 
 
-def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
-    """Each instance {input_name: value} -> the adapter's decoded batch."""
-    adapter, name = engine.adapter, engine.adapter.input_name
-    decoded = []
+def check_instances(req: PredictRequest, name: str) -> None:
+    """Each instance is {input_name: value} (its value is decoded in the batch)."""
     for i, instance in enumerate(req.inputs):
-        field = f"inputs.{i}"
-        extra = sorted(set(instance) - {name})
-        if name not in instance or extra:
-            raise InvalidInput(f"each instance must be an object with exactly the key {name!r}", field)
-        decoded.append(adapter.decode_instance(instance[name], f"{field}.{name}"))
+        if name not in instance or len(instance) != 1:
+            raise InvalidInput(
+                f"each instance must be an object with exactly the key {name!r}", f"inputs.{i}"
+            )
+
+
+def decode_inputs(req: PredictRequest, adapter: ModelAdapter) -> np.ndarray:
+    """Each instance's value -> the adapter's decoded batch."""
+    name = adapter.input_name
+    decoded = [adapter.decode_instance(x[name], f"inputs.{i}.{name}") for i, x in enumerate(req.inputs)]
     return np.concatenate(decoded)
 
 
@@ -93,32 +99,46 @@ def decode_inputs(req: PredictRequest, engine: Engine) -> np.ndarray:
         }
     },
 )
-async def predict(request: Request) -> Response:
-    started = time.perf_counter()
-    if not request.headers.get("content-type", "").startswith("application/json"):
+async def predict_route(request: Request) -> Response:
+    """Served by `predict` straight from ASGI (server.app); declared here for the OpenAPI
+    page and for apps that mount this router."""
+    call = Call.of(request.app.state, request.headers, {})
+    return await answer(call, request.receive, predict, v1_error)
+
+
+async def predict(call: Call) -> Response:
+    if not call.headers.get("content-type", "").startswith("application/json"):
         raise UnsupportedMediaType("content-type must be application/json", "content-type")
-    req = parse_json(PredictRequest, await body_bytes(request))
+    req = parse_json(PredictRequest, call.body)
     # the lease holds this model's engine until the answer: a reload or an unload waits for it
-    with repository(request).lease(req.model) as engine:
-        return await _predict(request, engine, req, started)
-
-
-async def _predict(request: Request, engine: Engine, req: PredictRequest, started: float) -> Response:
-    state = request.state
-    state.model = engine.name
-    opts = request_options(req)
-    state.tasks = opts.tasks
-    limit = engine.settings.max_instances
-    if len(req.inputs) > limit:
-        raise TooLarge(f"inputs has {len(req.inputs)} instances; the limit is {limit}", "inputs")
-    # admission before decoding: a request shed under overload costs no decoding
-    admission = engine.admit(opts, len(req.inputs))
-    state.routes = {e.task: e.id for e in admission.plan.entries}
-    prediction = await engine.infer(decode_inputs(req, engine), admission)
-    body = PredictResponse.model_construct(
-        model=engine.name,
-        outputs=engine.encode_json(prediction, {"mask_format": req.mask_format}),
-        route=engine.receipt(prediction),
-    )
-    engine.metrics.latency.labels(engine.name, "v1").observe(time.perf_counter() - started)
-    return model_response(body)
+    with call.repository.lease(req.model) as engine:
+        call.model = engine.name
+        opts = request_options(req)
+        call.tasks = opts.tasks
+        limit = engine.settings.max_instances
+        if len(req.inputs) > limit:
+            raise TooLarge(f"inputs has {len(req.inputs)} instances; the limit is {limit}", "inputs")
+        timings = call.timings
+        check_instances(req, engine.adapter.input_name)
+        timings.lap("parse")
+        admission = engine.admit(opts, len(req.inputs), arrived=call.arrived)
+        call.routes = {e.task: e.id for e in admission.plan.entries}
+        timings.lap("admit")
+        # decoding and encoding run in the batch, on the compute thread
+        options = {"mask_format": req.mask_format}
+        prediction = await engine.infer(
+            partial(decode_inputs, req, engine.adapter),
+            admission,
+            n=len(req.inputs),
+            encode=lambda outputs: orjson.dumps(engine.encode_json(outputs, options)),
+        )
+        timings.batch(prediction.result)
+        receipt = engine.receipt(prediction).model_dump_json(exclude_none=True).encode()
+        body = b'{"model":%b,"outputs":%b,"route":%b}' % (
+            orjson.dumps(engine.name),
+            prediction.result.encoded,
+            receipt,
+        )
+        engine.metrics.latency.labels(engine.name, "v1").observe(time.perf_counter() - timings.start)
+        timings.lap("answer")
+        return Response(body, media_type="application/json")

@@ -5,6 +5,7 @@ unchanged. HTTP only: the repository, adapters and engines do the rest."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import orjson
@@ -15,7 +16,7 @@ from models.adapter import Tensor
 from server import __version__
 from server.engine import Engine, RequestOptions
 from server.errors import InvalidInput
-from server.http import V2Route, body_bytes, json_response, parse_json, require_auth
+from server.http import Call, V2Route, answer, json_response, parse_json, require_auth, v2_error
 from server.repository import ModelRepository
 from server.schemas import InferOutput, InferRequest, InferResponse, RepositoryEntry, V2Error
 
@@ -98,17 +99,18 @@ async def unload_model(model: str, request: Request) -> Response:
     return json_response({"name": model, "state": "UNAVAILABLE"})
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
-    """(JSON header, binary tail) of a request with the binary tensor data extension."""
+def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, memoryview]:
+    """(JSON header, binary tail) of a request with the binary tensor data extension. The
+    tail is a view: binary tensors go from the body into numpy without copies."""
     if header_length is None:
-        return parse_json(InferRequest, body), b""
+        return parse_json(InferRequest, body), memoryview(b"")
     if not header_length.isdigit() or int(header_length) > len(body):
         raise InvalidInput(f"must be an integer no larger than the body ({len(body)} bytes)", HEADER_LENGTH)
     n = int(header_length)
-    return parse_json(InferRequest, body[:n]), body[n:]
+    return parse_json(InferRequest, body[:n]), memoryview(body)[n:]
 
 
-def input_tensors(req: InferRequest, binary: bytes) -> list[tuple[Tensor, str]]:
+def input_tensors(req: InferRequest, binary: memoryview) -> list[tuple[Tensor, str]]:
     """Each input with its data from JSON or its slice of the binary tail."""
     tensors, offset = [], 0
     for i, t in enumerate(req.inputs):
@@ -136,19 +138,25 @@ def input_tensors(req: InferRequest, binary: bytes) -> list[tuple[Tensor, str]]:
     return tensors
 
 
-def decode_inputs(req: InferRequest, binary: bytes, engine: Engine) -> np.ndarray:
+def input_tensor(req: InferRequest, binary: memoryview, engine: Engine) -> tuple[Tensor, str, int]:
+    """The model's one input tensor, its field name and its number of instances. Its data
+    is decoded later, in the batch."""
     tensors = input_tensors(req, binary)
     expected = engine.adapter.input_name
     names = [t.name for t, _ in tensors]
     if names != [expected]:
         raise InvalidInput(f"expected exactly one input named {expected!r}, got {names}", "inputs")
     tensor, field = tensors[0]
-    if tensor.shape and tensor.shape[0] > engine.settings.max_instances:
+    if not tensor.shape or tensor.shape[0] < 1:
+        raise InvalidInput(
+            f"shape {tensor.shape} has no batch of instances (shape [N, ...], N >= 1)", f"{field}.shape"
+        )
+    if tensor.shape[0] > engine.settings.max_instances:
         raise InvalidInput(
             f"batch of {tensor.shape[0]} exceeds the limit of {engine.settings.max_instances} instances",
             f"{field}.shape",
         )
-    return engine.adapter.decode_tensor(tensor, field)
+    return tensor, field, tensor.shape[0]
 
 
 def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
@@ -188,9 +196,12 @@ def flat_receipt(receipt: dict) -> dict:
     return flat
 
 
-def encode_response(
-    req: InferRequest, engine: Engine, tensors: dict[str, np.ndarray], receipt: dict
-) -> Response:
+def encode_outputs(
+    req: InferRequest, engine: Engine, outputs: dict[str, np.ndarray]
+) -> tuple[list[InferOutput], list[bytes]]:
+    """The requested outputs (all by default), as JSON data or binary chunks (run in the
+    batch, on the compute thread)."""
+    tensors = engine.encode_tensors(outputs)
     params = req.parameters or {}
     binary_default = bool(params.get("binary_data_output", False))
     if req.outputs:
@@ -204,7 +215,7 @@ def encode_response(
             )
     else:
         wanted = [(name, binary_default) for name in tensors]
-    outputs, chunks = [], []
+    encoded, chunks = [], []
     for name, binary in wanted:
         array = tensors[name]
         out = InferOutput.model_construct(name=name, datatype=DATATYPES[array.dtype], shape=list(array.shape))
@@ -214,7 +225,14 @@ def encode_response(
             chunks.append(raw)
         else:
             out.data = array.reshape(-1).tolist()
-        outputs.append(out)
+        encoded.append(out)
+    return encoded, chunks
+
+
+def respond(
+    req: InferRequest, engine: Engine, encoded: tuple[list[InferOutput], list[bytes]], receipt: dict
+) -> Response:
+    outputs, chunks = encoded
     body = InferResponse.model_construct(
         model_name=engine.name,
         model_version=engine.version,
@@ -234,19 +252,35 @@ def encode_response(
 
 @router.post("/models/{model}/infer", responses=ERRORS)
 @router.post("/models/{model}/versions/{version}/infer", responses=ERRORS)
-async def infer(model: str, request: Request, version: str | None = None) -> Response:
-    started = time.perf_counter()
-    req, binary = split_body(await body_bytes(request), request.headers.get(HEADER_LENGTH))
-    with repository(request).lease(model, version) as engine:
-        state = request.state
-        state.model = engine.name
+async def infer_route(model: str, request: Request, version: str | None = None) -> Response:
+    """Served by `infer` straight from ASGI (server.app); declared here for the OpenAPI page
+    and for apps that mount this router."""
+    call = Call.of(request.app.state, request.headers, dict(request.path_params))
+    return await answer(call, request.receive, infer, v2_error)
+
+
+async def infer(call: Call) -> Response:
+    req, binary = split_body(call.body, call.headers.get(HEADER_LENGTH))
+    timings = call.timings
+    with call.repository.lease(call.params["model"], call.params.get("version")) as engine:
+        call.model = engine.name
         opts = request_options(req, engine)
-        state.tasks = opts.tasks
-        inputs = decode_inputs(req, binary, engine)
-        admission = engine.admit(opts, len(inputs), priority_field="parameters.priority")
-        state.routes = {e.task: e.id for e in admission.plan.entries}
-        prediction = await engine.infer(inputs, admission)
+        call.tasks = opts.tasks
+        tensor, field, n = input_tensor(req, binary, engine)
+        timings.lap("parse")
+        admission = engine.admit(opts, n, "parameters.priority", call.arrived)
+        call.routes = {e.task: e.id for e in admission.plan.entries}
+        timings.lap("admit")
+        # decoding and encoding run in the batch, on the compute thread
+        prediction = await engine.infer(
+            partial(engine.adapter.decode_tensor, tensor, field),
+            admission,
+            n=n,
+            encode=partial(encode_outputs, req, engine),
+        )
+        timings.batch(prediction.result)
         receipt = engine.receipt(prediction).model_dump()
-        response = encode_response(req, engine, engine.encode_tensors(prediction), receipt)
-        engine.metrics.latency.labels(engine.name, "v2").observe(time.perf_counter() - started)
+        response = respond(req, engine, prediction.result.encoded, receipt)
+        engine.metrics.latency.labels(engine.name, "v2").observe(time.perf_counter() - timings.start)
+        timings.lap("answer")
         return response

@@ -10,17 +10,52 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from server import __version__, api_v1, api_v2
 from server.docs import install_docs
 from server.errors import TrunklineError
-from server.http import v1_error
+from server.http import Call, answer, v1_error, v2_error
 from server.metrics import Metrics
 from server.repository import ModelRepository
 from server.settings import Settings
 
 log = logging.getLogger("trunkline")
+
+
+def prediction_route(method: str, path: str):
+    """(handler, error writer, path parameters) of a prediction request, else None.
+
+    /v1/predict, /v2/models/{model}/infer and /v2/models/{model}/versions/{version}/infer."""
+    if method != "POST":
+        return None
+    if path == "/v1/predict":
+        return api_v1.predict, v1_error, {}
+    parts = path.split("/")  # "", "v2", "models", model, ["versions", version,] "infer"
+    if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[4] == "infer" and parts[3]:
+        return api_v2.infer, v2_error, {"model": parts[3]}
+    if len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions" and parts[6] == "infer":
+        if parts[3] and parts[5]:
+            return api_v2.infer, v2_error, {"model": parts[3], "version": parts[5]}
+    return None
+
+
+class Trunkline(FastAPI):
+    """FastAPI for everything but predictions, which go from the ASGI channel straight to
+    their handlers (`server.http.answer`): no middleware stack, routing or dependency
+    solving on the hot path. The routers still declare them, for the OpenAPI page."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = prediction_route(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        handler, write, params = route
+        call = Call.of(self.state, Headers(scope=scope), params)
+        response = await answer(call, receive, handler, write)
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, calibrate_before_serving: bool = False) -> FastAPI:
@@ -48,7 +83,7 @@ def create_app(settings: Settings | None = None, *, calibrate_before_serving: bo
             await asyncio.gather(loading, return_exceptions=True)
             await repo.stop()
 
-    app = FastAPI(
+    app = Trunkline(
         title="Trunkline",
         version=__version__,
         description="Budget-routed inference for task-routed multi-task models.",

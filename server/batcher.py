@@ -19,6 +19,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,18 +37,34 @@ def _report_crash(task: asyncio.Task) -> None:
         log.error("the batching loop stopped", exc_info=task.exception())
 
 
+Decode = Callable[[], np.ndarray]
+Encode = Callable[[dict[str, np.ndarray]], Any]
+
+
 @dataclass(eq=False)  # compared by (priority, arrival) only, never by its arrays
 class WorkItem:
-    inputs: np.ndarray  # this request's decoded instances, as the adapter decoded them
+    """One request's instances in the queue.
+
+    `inputs` are the decoded instances, or (the server's case) how to decode them: decoding
+    runs in the batch, on the compute thread, and so does `encode` of the outputs, so that
+    the event loop only parses, admits and answers. `n` is the number of instances."""
+
+    inputs: np.ndarray | Decode
     plan: Plan
     deadline: float | None = None  # time.monotonic() seconds
     priority: int = 0  # lower runs first
+    n: int = -1  # instances; taken from `inputs` when they come decoded
+    encode: Encode | None = None
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
     seq: int = field(default_factory=lambda: next(_order))
 
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            self.n = len(self.inputs)
+
     def __len__(self) -> int:
-        return len(self.inputs)
+        return self.n
 
     def __lt__(self, other: WorkItem) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
@@ -76,17 +93,71 @@ class BatchResult:
     outputs: dict[str, np.ndarray]  # task -> probabilities for this item's rows
     batch_size: int
     queue_ms: float
+    compute_ms: float  # the batch's model compute (trunk and paths)
+    decode_ms: float = 0.0  # the batch's decoding and encoding, also on the compute thread
+    encode_ms: float = 0.0
+    encoded: Any = None  # what the item's `encode` made of its outputs
+
+
+@dataclass
+class BatchRun:
+    """What running a batch gave: per item its outputs or the error that failed it alone,
+    and milliseconds of each step (timed on the compute thread, without the event loop's
+    lag in picking the result up)."""
+
+    outputs: list[dict[str, np.ndarray] | BaseException]
+    encoded: list[Any]
+    decode_ms: float
     compute_ms: float
+    encode_ms: float
+
+
+def _decode(item: WorkItem) -> np.ndarray:
+    array = item.inputs() if callable(item.inputs) else item.inputs
+    if len(array) != item.n:
+        raise ValueError(f"decoded {len(array)} instances; the request has {item.n}")
+    return array
 
 
 def run_batch(
     backend: Backend, stack: Callable[[list[np.ndarray]], np.ndarray], width: float, items: list[WorkItem]
+) -> BatchRun:
+    """Decode each item, run the trunk once for the whole batch, then each (task, route) path
+    on its rows, then encode each item's outputs. An item that fails to decode or encode
+    fails alone; the others are answered."""
+    t0 = time.perf_counter()
+    outputs: list = [None] * len(items)
+    arrays, good = [], []
+    for i, it in enumerate(items):
+        try:
+            arrays.append(_decode(it))
+            good.append(i)
+        except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
+            outputs[i] = exc
+    t1 = time.perf_counter()
+    if good:
+        for i, out in zip(good, _forward(backend, stack, width, [items[i] for i in good], arrays)):
+            outputs[i] = out
+    t2 = time.perf_counter()
+    encoded: list = [None] * len(items)
+    for i in good:
+        if items[i].encode is not None:
+            try:
+                encoded[i] = items[i].encode(outputs[i])
+            except Exception as exc:  # noqa: BLE001
+                outputs[i] = exc
+    t3 = time.perf_counter()
+    return BatchRun(outputs, encoded, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+
+
+def _forward(
+    backend: Backend, stack: Callable, width: float, items: list[WorkItem], arrays: list[np.ndarray]
 ) -> list[dict[str, np.ndarray]]:
-    """Trunk once for the whole batch, then each (task, route) path on its rows."""
-    batch = stack([it.inputs for it in items])
+    """The trunk once on the stacked batch, then each (task, route) path on its rows."""
+    batch = stack(arrays)
     tokens = backend.run_trunk(width, batch)
     rows: dict[tuple, list[int]] = defaultdict(list)
-    offsets = np.cumsum([0] + [len(it) for it in items])
+    offsets = np.cumsum([0] + [len(a) for a in arrays])
     for i, it in enumerate(items):
         for entry in it.plan.entries:
             rows[(entry.task, entry.route)].extend(range(offsets[i], offsets[i + 1]))
@@ -100,16 +171,9 @@ def run_batch(
         for entry in it.plan.entries:
             idx, probs = per_path[(entry.task, entry.route)]
             start = int(np.searchsorted(idx, offsets[i]))
-            out[entry.task] = probs[start : start + len(it)]
+            out[entry.task] = probs[start : start + len(arrays[i])]
         results.append(out)
     return results
-
-
-def _timed(fn: Callable, *args) -> tuple:
-    """(result, ms) of fn, timed on the compute thread: what the batch cost, without the
-    time the event loop took to pick the result up (that is the loop's lag, counted apart)."""
-    t = time.perf_counter()
-    return fn(*args), (time.perf_counter() - t) * 1000
 
 
 class Batcher:
@@ -140,6 +204,8 @@ class Batcher:
         # batches really ran while serving (calibration ran on an idle machine), per width
         self.batch_estimate = batch_estimate or (lambda width, size, rows: 0.0)
         self.slowdown: dict[float, Recent] = {}
+        # decoding and encoding per instance (they run in the batch, on the compute thread)
+        self.per_instance = Recent(rest=0.0, tau_s=10.0)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -167,10 +233,11 @@ class Batcher:
         return self.compute.loop_lag_ms + running + other + own
 
     def batch_ms(self, width: float, size: int, rows: dict) -> float:
-        """Compute of a batch: its calibrated time times how much slower than calibrated
-        recent batches at this width ran."""
+        """A batch's time on the compute thread: its calibrated compute times how much slower
+        than calibrated recent batches at this width ran, plus decoding and encoding."""
         recent = self.slowdown.get(width)
-        return self.batch_estimate(width, size, rows) * (recent.value() if recent else 1.0)
+        compute = self.batch_estimate(width, size, rows) * (recent.value() if recent else 1.0)
+        return compute + size * self.per_instance.value()
 
     def batch_ms_at(self, width: float, plan: Plan, n: int) -> float:
         """Compute of the batch that n more instances of `plan` would join: with the
@@ -212,6 +279,9 @@ class Batcher:
         return min(heads)[1] if heads else None
 
     def _take(self, width: float) -> list[WorkItem]:
+        """The next batch at `width`, in priority order. A request whose deadline has passed,
+        or would pass before this batch is answered (by the batch's estimate), is answered
+        503 now and never executed: late answers help nobody and cost the others compute."""
         queue, items, size = self.queues[width], [], 0
         while queue and (not items or size + len(queue[0]) <= self.max_batch_size):
             item = heapq.heappop(queue)
@@ -219,20 +289,29 @@ class Batcher:
             self.queued_at[width] -= len(item)
             for e in item.plan.entries:
                 self.queued_rows[width][e] -= len(item)
-            if item.future.done():  # cancelled by a disconnected client
-                continue
-            if item.deadline is not None and time.monotonic() > item.deadline:
-                item.future.set_exception(
+            if not item.future.done():  # else cancelled by a disconnected client
+                items.append(item)
+                size += len(item)
+        if not any(it.deadline is not None for it in items):
+            return items
+        rows = Counter()
+        for it in items:
+            for e in it.plan.entries:
+                rows[e] += len(it)
+        done_by = time.monotonic() + (self.batch_ms(width, size, rows) + self.compute.loop_lag_ms) / 1000
+        kept = []
+        for it in items:
+            if it.deadline is not None and done_by > it.deadline:
+                it.future.set_exception(
                     DeadlineExceeded(
-                        "timed out waiting in the queue; retry later or raise timeout_ms",
+                        "would not be answered within the timeout; retry later or raise timeout_ms",
                         "timeout_ms",
                         retry_after=1,
                     )
                 )
-                continue
-            items.append(item)
-            size += len(item)
-        return items
+            else:
+                kept.append(it)
+        return kept
 
     async def _loop(self) -> None:
         while True:
@@ -264,9 +343,7 @@ class Batcher:
         self.busy_until = time.monotonic() + self.batch_ms(width, size, rows) / 1000
         started = time.monotonic()
         try:
-            outputs, compute_ms = await self.compute.run(
-                _timed, run_batch, self.backend, self.stack, width, items
-            )
+            run: BatchRun = await self.compute.run(run_batch, self.backend, self.stack, width, items)
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
             for it in items:
                 if not it.future.done():
@@ -276,10 +353,17 @@ class Batcher:
             self.busy_until = 0.0
         calibrated = self.batch_estimate(width, size, rows)
         if calibrated > 0:
-            self.slowdown.setdefault(width, Recent(rest=1.0)).add(compute_ms / calibrated)
+            self.slowdown.setdefault(width, Recent(rest=1.0)).add(run.compute_ms / calibrated)
+        self.per_instance.add((run.decode_ms + run.encode_ms) / size)
         if self.on_batch:
             self.on_batch(size, width)
-        for it, out in zip(items, outputs):
-            if not it.future.done():
-                queue_ms = (started - it.enqueued) * 1000
-                it.future.set_result(BatchResult(out, size, queue_ms, compute_ms))
+        for it, out, encoded in zip(items, run.outputs, run.encoded):
+            if it.future.done():
+                continue
+            if isinstance(out, BaseException):
+                it.future.set_exception(out)
+                continue
+            queue_ms = (started - it.enqueued) * 1000
+            it.future.set_result(
+                BatchResult(out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded)
+            )

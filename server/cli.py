@@ -9,6 +9,8 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import os
+
     import uvicorn
 
     from server.app import create_app
@@ -19,14 +21,23 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": int(settings.drain_timeout_s),
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # several worker processes on one port, each with its own copy of every model: they read
+    # their settings from the environment, so the flags go there
+    for name, value in overrides.items():
+        os.environ[f"TRUNKLINE_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+    uvicorn.run("server.app:create_app", factory=True, workers=settings.workers, **common)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -115,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--backend", choices=["torch", "onnxruntime"])
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the port, each with its own models (model-control-mode none only)",
+    )
     p.add_argument("--max-batch-size", dest="max_batch_size", type=int)
     p.add_argument("--default-budget", dest="default_budget")
     p.set_defaults(func=_serve)

@@ -20,7 +20,7 @@ from models.kinds import kind
 from routing import Budget, BudgetError, Plan, RouteTables, UnsatisfiableBudget
 from server import calibration
 from server.backends import create_backend
-from server.batcher import Batcher, BatchResult, WorkItem
+from server.batcher import Batcher, BatchResult, Decode, Encode, WorkItem
 from server.compute import ComputeScheduler
 from server.errors import BudgetTooSmall, InvalidInput, InvalidValue, Overloaded, UnknownTask
 from server.metrics import Metrics
@@ -175,9 +175,12 @@ class Engine:
             raise InvalidInput(f"must be 0 (default) or a level from 1 (first) to {levels}", field)
         return requested or (levels + 1) // 2
 
-    def admit(self, opts: RequestOptions, n: int, priority_field: str = "priority") -> Admission:
+    def admit(
+        self, opts: RequestOptions, n: int, priority_field: str = "priority", arrived: float | None = None
+    ) -> Admission:
         """Resolve the plan, stepping down the frontier when the backlog says the
-        deadline would be missed (never below min_budget)."""
+        deadline would be missed (never below min_budget). `arrived` (time.monotonic()) is
+        when the request reached the server: its timeout counts from there."""
         self.check_tasks(opts.tasks, opts.field)
         try:
             b = Budget.parse(opts.budget) if opts.budget is not None else self.default_budget
@@ -210,15 +213,30 @@ class Engine:
             raise BudgetTooSmall(str(e), "latency_ms" if opts.latency_ms is not None else "budget") from None
         if opts.timeout_ms is None:
             return Admission(top, False, b, None, priority)
-        return self._fit_deadline(candidates, b, n, opts.timeout_ms, priority)
+        return self._fit_deadline(candidates, b, n, opts.timeout_ms, priority, arrived)
 
     def _fit_deadline(
-        self, candidates: list[Plan], budget: Budget, n: int, timeout_ms: float, priority: int
+        self,
+        candidates: list[Plan],
+        budget: Budget,
+        n: int,
+        timeout_ms: float,
+        priority: int,
+        arrived: float | None,
     ) -> Admission:
         # With the compute thread idle and nothing queued, a request waits for nothing: only its
         # own compute counts (a server shedding while idle had stale estimates feeding on
-        # themselves). Otherwise: the event loop's lag, the work ahead, and the batch it joins.
+        # themselves). Otherwise: the work ahead, the batch it joins, and the event loop's lag
+        # when its answer comes back.
         idle = self.batcher.idle
+        # The time a request has already spent in the server counts against its timeout: since
+        # its handler started (measured) and, on a busy server, its wait for the event loop
+        # before that (estimated by the loop's lag).
+        now = time.monotonic()
+        arrived = (arrived if arrived is not None else now) - (
+            0.0 if idle else self.compute.loop_lag_ms / 1000
+        )
+        left_ms = timeout_ms - (now - arrived) * 1000
 
         def own_ms(plan: Plan) -> float:
             calibrated = self.tables.latency_ms(plan, n) or 0.0
@@ -230,10 +248,10 @@ class Engine:
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays
         # short); the cheapest route may use the whole timeout; past that, shed with 503.
-        target = timeout_ms * self.settings.degrade_headroom
+        target = timeout_ms * self.settings.degrade_headroom - (timeout_ms - left_ms)
         plan = next((p for p in candidates if finish_ms(p) <= target), candidates[-1])
-        if finish_ms(plan) <= timeout_ms:
-            deadline = time.monotonic() + timeout_ms / 1000
+        if finish_ms(plan) <= left_ms:
+            deadline = arrived + timeout_ms / 1000
             return Admission(plan, plan is not candidates[0], budget, deadline, priority)
         cheapest = candidates[-1]
         ahead = finish_ms(cheapest) - own_ms(cheapest)
@@ -245,12 +263,16 @@ class Engine:
             retry_after=max(1, math.ceil(ahead / 1000)),
         )
 
-    async def infer(self, inputs: np.ndarray, admission: Admission) -> Prediction:
-        """Enqueue, await the batch, and keep the model's metrics."""
+    async def infer(
+        self, inputs: np.ndarray | Decode, admission: Admission, n: int = -1, encode: Encode | None = None
+    ) -> Prediction:
+        """Enqueue, await the batch, and keep the model's metrics. `inputs` may be how to
+        decode them (`n` instances) and `encode` what to make of the outputs: both then run
+        in the batch, on the compute thread."""
         plan, m, name = admission.plan, self.metrics, self.name
-        item = WorkItem(inputs, plan, admission.deadline, admission.priority)
+        item = WorkItem(inputs, plan, admission.deadline, admission.priority, n=n, encode=encode)
         m.in_flight.labels(name).inc()
-        m.queue_depth.labels(name).set(self.batcher.queued + len(inputs))
+        m.queue_depth.labels(name).set(self.batcher.queued + len(item))
         try:
             result = await self.batcher.submit(item)
         finally:
@@ -263,17 +285,16 @@ class Engine:
                 m.degraded.labels(name, t).inc()
         return Prediction(admission, result)
 
-    def encode_json(self, prediction: Prediction, options: dict) -> list[dict[str, dict]]:
+    def encode_json(self, outputs: dict[str, np.ndarray], options: dict) -> list[dict[str, dict]]:
         """/v1 outputs: per instance, per task, as the task's kind writes them."""
-        outputs = prediction.result.outputs
         specs = [(t, kind(self.adapter.tasks[t].kind), self.adapter.tasks[t].labels) for t in outputs]
         n = len(next(iter(outputs.values())))
         return [{t: k.to_json(outputs[t][i], labels, options) for t, k, labels in specs} for i in range(n)]
 
-    def encode_tensors(self, prediction: Prediction) -> dict[str, np.ndarray]:
+    def encode_tensors(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Open Inference Protocol outputs, by name."""
         tensors = {}
-        for t, probs in prediction.result.outputs.items():
+        for t, probs in outputs.items():
             tensors.update(kind(self.adapter.tasks[t].kind).to_tensors(t, probs))
         return tensors
 

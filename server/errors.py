@@ -100,3 +100,9 @@ class ControlDisabled(TrunklineError):
     """Repository load/unload asked of a server not in explicit model-control mode."""
 
     code = "model_control_disabled"
+
+
+class Internal(TrunklineError):
+    """A bug: answered 500 without its details (they go to the log)."""
+
+    code = "internal"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -58,10 +57,7 @@ class Metrics:
             "trunkline_queue_depth", "Instances waiting to be batched", ["model"], registry=r
         )
 
-
-def count_request(request: Request, status: int) -> None:
-    """trunkline_requests by model, task and route, as far as the request got."""
-    state = request.state
-    routes = getattr(state, "routes", {})
-    for t in getattr(state, "tasks", None) or [""]:
-        request.app.state.metrics.requests.labels(state.model, t, routes.get(t, ""), str(status)).inc()
+    def count(self, model: str, tasks: list[str], routes: dict[str, str], status: int) -> None:
+        """trunkline_requests by model, task and route, as far as the request got."""
+        for t in tasks or [""]:
+            self.requests.labels(model, t, routes.get(t, ""), str(status)).inc()

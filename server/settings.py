@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from routing import Budget
@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     port: int = 8000
     backend: Literal["torch", "onnxruntime"] = "torch"
     threads: int = Field(2, ge=1, description="intra-op threads of the model compute")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="server processes sharing the port, each with its own models and compute "
+        "thread (model-control-mode none only: a load or unload would reach one of them)",
+    )
     default_budget: str = Field("max", description="budget of requests that name none")
     max_batch_size: int = Field(64, ge=1)
     batch_wait_ms: float = Field(
@@ -55,6 +61,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
     log_level: str = "info"
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")
+
+    @model_validator(mode="after")
+    def _workers(self) -> Settings:
+        if self.workers > 1 and self.model_control_mode != "none":
+            raise ValueError("workers > 1 needs model_control_mode none: each worker has its own models")
+        return self
 
     @field_validator("default_budget")
     @classmethod

@@ -5,6 +5,8 @@ real engine (uncalibrated: every route's own latency estimate is 0 ms)."""
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models.adapter import load_adapter
 from routing import Budget
@@ -25,20 +27,20 @@ def engine():
 
 @pytest.fixture
 def backlog(engine):
-    """Work ahead of a new request: the event loop's lag, with one instance queued (a busy
-    server; an idle one waits for nothing)."""
+    """Work ahead of a new request: the rest of the running batch, with one instance queued
+    (a busy server; an idle one waits for nothing)."""
 
     def set_ms(ms: float) -> None:
-        engine.compute.loop_lag_ms = ms
+        engine.batcher.busy_until = time.monotonic() + ms / 1000 if ms else 0.0
         engine.batcher.queued = 1 if ms else 0
 
     yield set_ms
     set_ms(0.0)
 
 
-def admit(engine, **kw):
+def admit(engine, arrived=None, **kw):
     args = {"budget": "max", "min_budget": "low", "timeout_ms": 100} | kw
-    return engine.admit(RequestOptions(["sum"], **args), 1)
+    return engine.admit(RequestOptions(["sum"], **args), 1, arrived=arrived)
 
 
 def test_idle_server_keeps_the_requested_route(engine, backlog):
@@ -52,6 +54,19 @@ def test_backlog_past_the_headroom_steps_down_to_min_budget(engine, backlog):
     a = admit(engine)
     floor = engine.tables.resolve(["sum"], Budget.parse("low"))
     assert a.degraded and a.plan.flops == floor.flops
+
+
+def test_time_spent_before_admission_counts(engine, backlog):
+    """The timeout counts from arrival: 60 ms already spent (handler) plus the loop's lag
+    (20 ms, before the handler, and again for the answer) leave 0 of 100 ms."""
+    backlog(1)
+    engine.compute.loop_lag_ms = 20
+    try:
+        with pytest.raises(Overloaded):
+            admit(engine, arrived=time.monotonic() - 0.06)
+        assert admit(engine, arrived=time.monotonic() - 0.01).degraded  # 10 + 20 + 20 + 1 > 50
+    finally:
+        engine.compute.loop_lag_ms = 0.0
 
 
 def test_backlog_past_the_timeout_sheds_with_retry_after(engine, backlog):
@@ -97,6 +112,37 @@ def test_an_idle_server_never_sheds(engine, lag_ms):
         engine.batcher.slowdown.clear()
         del engine.tables.trunk_latency_ms[1.0]
     assert not a.degraded and a.plan.flops_fraction == 1.0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lag_ms=st.floats(0, 1e6),
+    slowdown=st.floats(1, 1e6),
+    per_instance_ms=st.floats(0, 1e4),
+    n=st.integers(1, 256),
+    budget=st.sampled_from(["low", "medium", "high", "max"]),
+    floor=st.sampled_from([None, "low"]),
+)
+def test_property_no_request_is_shed_while_the_compute_thread_is_idle(
+    engine, lag_ms, slowdown, per_instance_ms, n, budget, floor
+):
+    """Whatever the learnt estimates say (loop lag, slowdown, decode cost per instance), a
+    request that the route's calibrated compute can answer in time is admitted while nothing
+    is queued and the compute thread has nothing to do."""
+    assert engine.batcher.idle
+    engine.tables.trunk_latency_ms[1.0] = {1: 5.0, 64: 50.0}
+    engine.compute.loop_lag_ms = lag_ms
+    for width in engine.tables.widths:
+        engine.batcher.slowdown[width] = Recent(rest=slowdown, tau_s=1e9)
+    engine.batcher.per_instance = Recent(rest=per_instance_ms, tau_s=1e9)
+    try:
+        opts = RequestOptions(["sum"], budget=budget, min_budget=floor, timeout_ms=250)
+        engine.admit(opts, n)
+    finally:
+        engine.compute.loop_lag_ms = 0.0
+        engine.batcher.slowdown.clear()
+        engine.batcher.per_instance = Recent(rest=0.0)
+        del engine.tables.trunk_latency_ms[1.0]
 
 
 def test_learnt_estimates_relax_when_no_batch_runs():

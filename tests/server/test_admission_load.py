@@ -1,11 +1,15 @@
 """Admission against a real server under closed-loop load it can carry: requests with
 `timeout_ms` are answered, not shed, on a fresh server and after a heavy multi-task request,
-run after run (a server once fell into shedding nearly everything and stayed there)."""
+run after run. A server once fell into shedding nearly everything and stayed there: after
+one 48-image request its estimates stayed high, few batches ran to correct them, and 16
+clients got 503s for all but ~16% of their requests."""
 
-import threading
+import asyncio
 import time
 
+import aiohttp
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import RunningServer
@@ -22,28 +26,35 @@ def fresh(scenes):
 
 
 def closed_loop(url: str, body: dict, clients: int, seconds: float) -> list[int]:
-    statuses: list[int] = []
-    stop = time.monotonic() + seconds
+    """`clients` connections, each sending the next request as soon as the last is answered."""
+    data = orjson.dumps(body)
 
-    def client() -> None:
-        with httpx.Client(timeout=30) as h:
-            while time.monotonic() < stop:
-                statuses.append(h.post(f"{url}/v1/predict", json=body).status_code)
+    async def main() -> list[int]:
+        statuses: list[int] = []
+        stop = time.monotonic() + seconds
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector) as session:
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return statuses
+            async def client() -> None:
+                while time.monotonic() < stop:
+                    async with session.post(
+                        f"{url}/v1/predict", data=data, headers={"content-type": "application/json"}
+                    ) as r:
+                        await r.read()
+                        statuses.append(r.status)
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+        return statuses
+
+    return asyncio.run(main())
 
 
 def test_requests_with_timeouts_are_answered_run_after_run(fresh, scenes):
     body = payload(scenes.images[:1], "sum", budget="max", min_budget="max", timeout_ms=250)
     heavy = payload(list(scenes.images) * 3, tasks=["count", "presence", "sum", "segment"], budget="max")
-    for run in range(3):
-        if run == 1:  # one unusual batch: 48 images through all four tasks
+    for run in range(4):
+        if run == 2:  # one unusual batch: 48 images through all four tasks
             assert httpx.post(f"{fresh.url}/v1/predict", json=heavy, timeout=120).status_code == 200
-        statuses = closed_loop(fresh.url, body, clients=8, seconds=3)
+        statuses = closed_loop(fresh.url, body, clients=16, seconds=3)
         answered = statuses.count(200) / len(statuses)
         assert set(statuses) <= {200, 503} and answered >= 0.9, (run, len(statuses), answered)

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from models.adapter import InputError
 from models.routes import Route
 from routing import Plan, RouteEntry
 from server.batcher import Batcher, WorkItem
@@ -214,3 +215,36 @@ def test_requests_of_two_widths_queued_together_are_all_answered(setup):
         return out
 
     assert len(asyncio.run(main())) == 4
+
+
+def test_an_item_that_fails_to_decode_fails_alone_in_its_batch(setup):
+    """Decoding runs in the batch: an item whose decode raises gets that error; the seven
+    good items it was batched with are answered from one trunk run."""
+    backend, make = setup
+
+    def undecodable():
+        raise InputError("inputs.0.image", "is not a decodable PNG image")
+
+    async def main():
+        b = make()
+        first = await hold(b, backend)
+        good = [
+            b.submit(WorkItem(lambda v=v: np.array([[v]], np.float32), plan(1.0, "a"), n=1))
+            for v in range(1, 8)
+        ]
+        bad = b.submit(WorkItem(undecodable, plan(1.0, "a"), n=1))
+        backend.gate.set()
+        results = await asyncio.gather(first, *good[:3], bad, *good[3:], return_exceptions=True)
+        await b.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[4], InputError) and results[4].field == "inputs.0.image"
+    answers = [r for i, r in enumerate(results[1:]) if i != 3]
+    assert [r.outputs["a"][0, 0] for r in answers] == pytest.approx([(v + 1.0) * 10 for v in range(1, 8)])
+    assert all(r.batch_size == 8 for r in answers)
+    assert [c for c in backend.calls if c[0] == "trunk"][-1] == (
+        "trunk",
+        1.0,
+        [float(v) for v in range(1, 8)],
+    )
