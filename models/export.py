@@ -69,8 +69,7 @@ def export_path(model: TaskRoutedModel, task: str, route: Route, out: Path) -> P
     sub = model.extract({task: route})
     image = torch.rand(2, cfg.input.channels, cfg.input.height, cfg.input.width)
     tokens = sub.trunk(image)
-    return _export(
-        _PathGraph(sub.paths[task]), (tokens, image), ["tokens", "image"], out)
+    return _export(_PathGraph(sub.paths[task]), (tokens, image), ["tokens", "image"], out)
 
 
 def export_routes(
