@@ -355,6 +355,17 @@ class Batcher:
         if calibrated > 0:
             self.slowdown.setdefault(width, Recent(rest=1.0)).add(run.compute_ms / calibrated)
         self.per_instance.add((run.decode_ms + run.encode_ms) / size)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch w%s n%d: decode %.1f compute %.1f (calibrated %.1f) encode %.1f wall %.1f",
+                width,
+                size,
+                run.decode_ms,
+                run.compute_ms,
+                calibrated,
+                run.encode_ms,
+                (time.monotonic() - started) * 1000,
+            )
         if self.on_batch:
             self.on_batch(size, width)
         for it, out, encoded in zip(items, run.outputs, run.encoded):

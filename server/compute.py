@@ -11,6 +11,7 @@ loaded) runs in small jobs, and while serving batches wait it takes at most
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -19,8 +20,9 @@ from typing import Any
 
 
 class ComputeScheduler:
-    def __init__(self, background_share: float = 0.25) -> None:
+    def __init__(self, background_share: float = 0.25, nice: int = 0) -> None:
         self.background_share = background_share
+        self.nice = nice
         self._serving: deque = deque()
         self._background: deque = deque()
         self._cv = threading.Condition()
@@ -69,6 +71,11 @@ class ComputeScheduler:
                 self._cv.wait(timeout=self._background_after - now if self._background else None)
 
     def _work(self) -> None:
+        if self.nice and hasattr(os, "setpriority"):
+            # below the event loop: its intra-op threads, created from here, inherit this, so
+            # the loop (parsing, admission, answers) preempts compute instead of queueing
+            # behind it. Raising one's own niceness needs no privilege.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while True:
             job, background = self._next()
             if job is None:

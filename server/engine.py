@@ -144,7 +144,9 @@ class Engine:
         return self.settings.calibration_rounds
 
     def _cache_file(self):
-        key = calibration.machine_key(self.backend.name, self.settings.threads)
+        key = calibration.machine_key(
+            getattr(self.backend, "cache_tag", self.backend.name), self.settings.threads
+        )
         return (
             self.settings.cache_dir / "calibration" / f"{self.name}-{self.adapter.fingerprint()}-{key}.json"
         )
@@ -255,6 +257,21 @@ class Engine:
             return Admission(plan, plan is not candidates[0], budget, deadline, priority)
         cheapest = candidates[-1]
         ahead = finish_ms(cheapest) - own_ms(cheapest)
+        if log.isEnabledFor(logging.DEBUG):
+            b = self.batcher
+            log.debug(
+                "shed: left %.1f of %.0f ms; lag %.1f; own %.1f; ahead %.1f; running %.1f; "
+                "queued %s; slowdown %s; per-instance %.2f",
+                left_ms,
+                timeout_ms,
+                self.compute.loop_lag_ms,
+                own_ms(cheapest),
+                ahead,
+                max(0.0, b.busy_until - now) * 1000,
+                dict(b.queued_at),
+                {w: round(r.value(), 2) for w, r in b.slowdown.items()},
+                b.per_instance.value(),
+            )
         raise Overloaded(
             f"cannot answer within timeout_ms={timeout_ms:g} even at min_budget: its route "
             f"{'+'.join(e.id for e in cheapest.entries)} takes about {own_ms(cheapest):.1f} ms for "

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     port: int = 8000
     backend: Literal["torch", "onnxruntime"] = "torch"
     threads: int = Field(2, ge=1, description="intra-op threads of the model compute")
+    torchscript: bool = Field(
+        True, description="torch backend: trace each route to TorchScript (false: eager modules)"
+    )
+    compute_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="niceness of the compute thread and its intra-op threads above the event "
+        "loop's, so that parsing, admission and answers run first on a saturated machine; "
+        "it also yields compute to every other process on the machine",
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -43,7 +54,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="how long a batch waits to fill; 0: batches form while the previous one runs"
     )
     degrade_headroom: float = Field(
-        0.5,
+        0.25,
         gt=0,
         le=1,
         description="a request with timeout_ms and min_budget steps down to a cheaper route while its "

@@ -44,7 +44,8 @@ def test_peers_answered_the_same_traffic(tiny):
 def test_overload_arms_and_memory(tiny):
     _, results = tiny
     arms = [(r["images_per_request"], r["arm"]) for r in results["overload"]["rows"]]
-    assert arms == [(n, a) for n in (1, 16) for a in ("degradation (min_budget low)", "no degradation")]
+    names = ("degradation (min_budget low)", "no degradation", "all at low")
+    assert arms == [(n, a) for n in (1, 16) for a in names]
     assert all(r["requests"] > 0 for r in results["overload"]["rows"])
     rss = [r["rss_mib"] for r in results["memory"]["rows"]]
     assert len(rss) == 6 and rss[-1] == pytest.approx(sum(rss[1:5]), abs=0.5)
