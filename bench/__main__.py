@@ -6,7 +6,7 @@
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
 Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
-repository, startup.
+repository, startup, workers.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from bench import model_level, overhead, report, repository, serving
+from bench import model_level, overhead, report, repository, serving, workers
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
-HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup"]
+HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers"]
 ALL = MODEL_LEVEL + HTTP
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         from models.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
-        if needs_server - {"memory", "repository", "startup"}:
+        if needs_server - {"memory", "repository", "startup", "workers"}:
             with serving.trunkline(args.port, args.threads, scale) as (_, url):
                 if "overhead" in wanted:
                     step("overhead", overhead.overhead, url, images, scale, args.threads)
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
             step("repository", repository.two_models, images, scale, args.threads, args.port + 20)
         if "startup" in wanted:
             step("startup", repository.startup, scale, args.threads, args.port + 21)
+        if "workers" in wanted:
+            step("workers", workers.workers, images, scale, args.threads, args.port + 22)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

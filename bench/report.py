@@ -26,6 +26,7 @@ TITLES = {
     "repository": "10. Two models in one server: shares of solo throughput, and loading under traffic",
     "startup": "11. Time to ready, cold and warm caches",
     "overhead": "12. Server overhead at batch 1 (end to end minus in-process compute) and its timers",
+    "workers": "13. --workers: processes against threads at saturation (mixed one-image traffic)",
 }
 
 

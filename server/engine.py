@@ -78,6 +78,7 @@ class Engine:
             batch_estimate=self.tables.batch_latency_ms,
         )
         self.ready = False
+        self._pressure_until = 0.0  # see _fit_deadline
         self.users = 0  # requests holding this engine (see ModelRepository.lease)
         self._experts = {
             (t, e.route.experts): adapter.experts(t, e.route.experts)
@@ -144,9 +145,7 @@ class Engine:
         return self.settings.calibration_rounds
 
     def _cache_file(self):
-        key = calibration.machine_key(
-            getattr(self.backend, "cache_tag", self.backend.name), self.settings.threads
-        )
+        key = calibration.machine_key(self.backend.name, self.settings.threads)
         return (
             self.settings.cache_dir / "calibration" / f"{self.name}-{self.adapter.fingerprint()}-{key}.json"
         )
@@ -217,6 +216,8 @@ class Engine:
             return Admission(top, False, b, None, priority)
         return self._fit_deadline(candidates, b, n, opts.timeout_ms, priority, arrived)
 
+    PRESSURE_S = 1.0
+
     def _fit_deadline(
         self,
         candidates: list[Plan],
@@ -250,12 +251,21 @@ class Engine:
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays
         # short); the cheapest route may use the whole timeout; past that, shed with 503.
+        # Under pressure (a request degraded to its floor or shed within the last `PRESSURE_S`),
+        # requests that may step down go straight to their cheapest route: a full-cost batch
+        # admitted in a lull blocks the cheap ones queued behind it.
         target = timeout_ms * self.settings.degrade_headroom - (timeout_ms - left_ms)
-        plan = next((p for p in candidates if finish_ms(p) <= target), candidates[-1])
+        cheapest = candidates[-1]
+        if now < self._pressure_until and not idle:
+            plan = cheapest
+        else:
+            plan = next((p for p in candidates if finish_ms(p) <= target), cheapest)
         if finish_ms(plan) <= left_ms:
+            if plan is cheapest and len(candidates) > 1:
+                self._pressure_until = now + self.PRESSURE_S
             deadline = arrived + timeout_ms / 1000
             return Admission(plan, plan is not candidates[0], budget, deadline, priority)
-        cheapest = candidates[-1]
+        self._pressure_until = now + self.PRESSURE_S
         ahead = finish_ms(cheapest) - own_ms(cheapest)
         if log.isEnabledFor(logging.DEBUG):
             b = self.batcher

@@ -31,9 +31,6 @@ class Settings(BaseSettings):
     port: int = 8000
     backend: Literal["torch", "onnxruntime"] = "torch"
     threads: int = Field(2, ge=1, description="intra-op threads of the model compute")
-    torchscript: bool = Field(
-        True, description="torch backend: trace each route to TorchScript (false: eager modules)"
-    )
     compute_nice: int = Field(
         0,
         ge=0,

@@ -33,7 +33,7 @@ def create_backend(name: str, adapter: ModelAdapter, settings) -> Backend:
     if name == "torch":
         from server.backends.torch import TorchBackend
 
-        return TorchBackend(adapter, threads=settings.threads, script=settings.torchscript)
+        return TorchBackend(adapter, threads=settings.threads)
     if name == "onnxruntime":
         from server.backends.onnx import OnnxBackend
 

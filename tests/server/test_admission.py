@@ -34,8 +34,10 @@ def backlog(engine):
         engine.batcher.busy_until = time.monotonic() + ms / 1000 if ms else 0.0
         engine.batcher.queued = 1 if ms else 0
 
+    engine._pressure_until = 0.0
     yield set_ms
     set_ms(0.0)
+    engine._pressure_until = 0.0
 
 
 def admit(engine, arrived=None, **kw):
@@ -75,6 +77,21 @@ def test_backlog_past_the_timeout_sheds_with_retry_after(engine, backlog):
         admit(engine)
     assert e.value.retry_after == 1 and e.value.field == "timeout_ms"
     assert "w25" in e.value.message  # names the cheapest route and its cost
+
+
+def test_under_pressure_requests_start_at_their_cheapest_route(engine, backlog):
+    """After a request was degraded to its floor, the next ones on a busy server go straight
+    to theirs (even with a short backlog), for a second; an idle server forgets it."""
+    backlog(70)
+    floor = engine.tables.resolve(["sum"], Budget.parse("low"))
+    assert admit(engine).plan.flops == floor.flops
+    backlog(1)  # a lull: alone, this request would keep its full route
+    assert admit(engine).plan.flops == floor.flops
+    engine._pressure_until = 0.0
+    assert admit(engine).plan.flops_fraction == 1.0
+    backlog(0)
+    engine._pressure_until = time.monotonic() + 10
+    assert admit(engine).plan.flops_fraction == 1.0
 
 
 def test_without_min_budget_the_route_never_changes(engine, backlog):
