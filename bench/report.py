@@ -165,6 +165,10 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
         plot = images.get(key.removesuffix("_http"))
         if plot and not key.endswith("_http"):
             md.append(f"![{key}](plots/{plot})\n")
+    flames = sorted((out / "flamegraphs").glob("*.svg")) if (out / "flamegraphs").is_dir() else []
+    if flames:
+        md.append("## Flame graphs of the server at saturation (`python -m bench.flamegraph`)\n")
+        md.append("\n".join(f"- [{f.stem}](flamegraphs/{f.name})" for f in flames) + "\n")
     path = out / "RESULTS.md"
     path.write_text("\n".join(md))
     return path

@@ -278,40 +278,49 @@ class Batcher:
         heads = [(q[0], w) for w, q in self.queues.items() if q]
         return min(heads)[1] if heads else None
 
+    def _pop(self, width: float) -> WorkItem:
+        item = heapq.heappop(self.queues[width])
+        self.queued -= len(item)
+        self.queued_at[width] -= len(item)
+        for e in item.plan.entries:
+            self.queued_rows[width][e] -= len(item)
+        return item
+
     def _take(self, width: float) -> list[WorkItem]:
-        """The next batch at `width`, in priority order. A request whose deadline has passed,
-        or would pass before this batch is answered (by the batch's estimate), is answered
-        503 now and never executed: late answers help nobody and cost the others compute."""
-        queue, items, size = self.queues[width], [], 0
+        """The next batch at `width`, in priority order, no larger than lets every request in
+        it with a deadline be answered in time (by the batch's estimate); the rest waits for
+        the next batch. A request that would be late even alone is answered 503 now and never
+        executed: a late answer helps nobody and costs the others compute."""
+        queue, items, size, rows = self.queues[width], [], 0, Counter()
+        earliest = math.inf  # the earliest deadline in the batch
+        lag = self.compute.loop_lag_ms
         while queue and (not items or size + len(queue[0]) <= self.max_batch_size):
-            item = heapq.heappop(queue)
-            self.queued -= len(item)
-            self.queued_at[width] -= len(item)
-            for e in item.plan.entries:
-                self.queued_rows[width][e] -= len(item)
-            if not item.future.done():  # else cancelled by a disconnected client
-                items.append(item)
-                size += len(item)
-        if not any(it.deadline is not None for it in items):
-            return items
-        rows = Counter()
-        for it in items:
-            for e in it.plan.entries:
-                rows[e] += len(it)
-        done_by = time.monotonic() + (self.batch_ms(width, size, rows) + self.compute.loop_lag_ms) / 1000
-        kept = []
-        for it in items:
-            if it.deadline is not None and done_by > it.deadline:
-                it.future.set_exception(
-                    DeadlineExceeded(
-                        "would not be answered within the timeout; retry later or raise timeout_ms",
-                        "timeout_ms",
-                        retry_after=1,
+            item = queue[0]
+            if item.future.done():  # cancelled by a disconnected client
+                self._pop(width)
+                continue
+            deadline = min(earliest, item.deadline if item.deadline is not None else math.inf)
+            if deadline < math.inf:
+                with_it = rows + Counter({e: len(item) for e in item.plan.entries})
+                done_by = time.monotonic() + (self.batch_ms(width, size + len(item), with_it) + lag) / 1000
+                if done_by > deadline:
+                    if items:
+                        break  # it waits for the next batch, where it may run alone
+                    self._pop(width).future.set_exception(
+                        DeadlineExceeded(
+                            "would not be answered within the timeout; retry later or raise timeout_ms",
+                            "timeout_ms",
+                            retry_after=1,
+                        )
                     )
-                )
-            else:
-                kept.append(it)
-        return kept
+                    continue
+            self._pop(width)
+            items.append(item)
+            size += len(item)
+            for e in item.plan.entries:
+                rows[e] += len(item)
+            earliest = deadline
+        return items
 
     async def _loop(self) -> None:
         while True:

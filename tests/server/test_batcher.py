@@ -248,3 +248,28 @@ def test_an_item_that_fails_to_decode_fails_alone_in_its_batch(setup):
         1.0,
         [float(v) for v in range(1, 8)],
     )
+
+
+def test_a_batch_is_cut_where_a_deadline_would_pass_and_late_requests_never_run(setup):
+    """Estimated 10 ms an instance: two 3-instance requests due in 50 ms would be late
+    together (60 ms), so they run in two batches, both in time; one due in 5 ms would be late
+    even alone and is answered 503 without running."""
+    backend = FakeBackend()
+    compute = ComputeScheduler()
+
+    async def main():
+        b = Batcher(backend, stack, compute, 64, 0, 1024, batch_estimate=lambda w, size, rows: 10.0 * size)
+        b.start()
+        due = time.monotonic() + 0.05
+        pair = [b.submit(item([v, v, v], plan(1.0, "a"), deadline=due)) for v in (1, 2)]
+        doomed = b.submit(item([9], plan(1.0, "a"), deadline=time.monotonic() + 0.005))
+        out = await asyncio.gather(*pair, doomed, return_exceptions=True)  # all queued, then taken
+        await b.stop()
+        return out
+
+    r1, r2, doomed = asyncio.run(main())
+    compute.close()
+    assert r1.batch_size == 3 and r2.batch_size == 3
+    assert isinstance(doomed, DeadlineExceeded)
+    trunks = [c[2] for c in backend.calls if c[0] == "trunk"]
+    assert trunks == [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]  # 9.0 never ran
