@@ -24,8 +24,10 @@ endef
 $(SERVE_STAMP): pyproject.toml
 	$(call install,)
 
+# (a variable: make's $(call) would split a literal [dev,ray] at its comma)
+TEST_EXTRAS := [dev,ray]
 $(STAMP): pyproject.toml
-	$(call install,[dev,ray])
+	$(call install,$(TEST_EXTRAS))
 
 setup: $(STAMP)
 
