@@ -192,8 +192,8 @@ def in_process_throughput(
     for i in range(batch):
         plan = plans[i % len(plans)]
         item = WorkItem(adapter.decode_instance(images[i].tolist(), "image"), plan)
-        by_width.setdefault(plan.width, []).append(item)
-    run = lambda: [run_batch(backend, adapter.stack, w, items) for w, items in by_width.items()]
+        by_width.setdefault(plan.trunk, []).append(item)
+    run = lambda: [run_batch(backend, adapter.batches, w, items) for w, items in by_width.items()]
     run()
     times = []
     for _ in range(10):

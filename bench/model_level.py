@@ -185,7 +185,7 @@ def backends(model: TaskRoutedModel, rt: RouteTables, scale: Scale, threads: int
                 x = np.random.rand(batch, 1, model.cfg.input.height, model.cfg.input.width).astype(np.float32)
 
                 def run(backend, route=route, x=x, task=task):
-                    return backend.run_path(task, route, backend.run_trunk(route.width, x), x)
+                    return backend.run_path(task, route, backend.run_trunk(route.trunk, x), x)
 
                 ms = interleaved_medians({n: (lambda b=b: run(b)) for n, b in made.items()}, scale.rounds)
                 rows.append(

@@ -87,11 +87,11 @@ def in_process_ms(task: str, tier: str, images: np.ndarray, threads: int, n: int
     decoded = np.concatenate([adapter.decode_instance(im.tolist(), "image") for im in images])
     item = WorkItem(decoded, plan)
     for _ in range(3):
-        run_batch(backend, adapter.stack, plan.width, [item])
+        run_batch(backend, adapter.batches, plan.trunk, [item])
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        run_batch(backend, adapter.stack, plan.width, [item])
+        run_batch(backend, adapter.batches, plan.trunk, [item])
         times.append((time.perf_counter() - t) * 1000)
     return times
 

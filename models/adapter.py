@@ -78,7 +78,8 @@ class ModelAdapter:
         raise NotImplementedError
 
     # -- FLOPs (routing asks these) ---------------------------------------------------
-    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
+    def request_flops(self, routes: dict[str, Route]) -> int:
+        """FLOPs per sample: the trunk the routes share, once, then each task's path."""
         raise NotImplementedError
 
     def full_flops(self, tasks: list[str]) -> int:
@@ -97,21 +98,28 @@ class ModelAdapter:
         """Requests' decoded inputs -> one batch for the trunk."""
         return np.concatenate(inputs)
 
+    def batches(self, inputs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Requests' decoded inputs -> the trunk's input batches, each with its rows (indices
+        into the requests' instances, in order). One batch here; a family with ragged inputs
+        (text) groups rows of similar length to bound padding."""
+        batch = self.stack(inputs)
+        return [(np.arange(len(batch)), batch)]
+
     def example_batch(self, n: int) -> np.ndarray:
         """A batch of n synthetic inputs, for calibration and export."""
         raise NotImplementedError
 
     # -- what backends run ------------------------------------------------------------
-    def trunk_module(self, width: float) -> nn.Module:
-        """An ordinary module: batch -> trunk tokens at `width`."""
+    def trunk_module(self, route: Route) -> nn.Module:
+        """An ordinary module: batch -> trunk tokens, for the trunk `route` runs."""
         raise NotImplementedError
 
     def path_module(self, task: str, route: Route) -> nn.Module:
         """An ordinary module: (tokens, batch) -> the task's probabilities at `route`."""
         raise NotImplementedError
 
-    def export_trunk(self, width: float, out: Path) -> Path:
-        """The trunk at `width` as an ONNX graph (input `input_name`, output tokens)."""
+    def export_trunk(self, route: Route, out: Path) -> Path:
+        """The trunk `route` runs as an ONNX graph (input `input_name`, output tokens)."""
         raise NotImplementedError
 
     def export_path(self, task: str, route: Route, out: Path) -> Path:

@@ -45,6 +45,7 @@ class TaskSpec(_Strict):
     kind: str = Field(description="a task kind of models.kinds.KINDS")
     labels: list[str]
     decoder_hidden: int = 128
+    metric: str | None = Field(None, description="the kind's metric when unset; classification: f1")
 
     @field_validator("kind")
     @classmethod
@@ -56,6 +57,13 @@ class TaskSpec(_Strict):
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or KINDS[self.kind].metric_name
+
+    def new_metric(self):
+        return KINDS[self.kind].metric(self.num_classes, self.metric)
 
 
 class RouteSpace(_Strict):

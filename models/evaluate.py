@@ -9,7 +9,6 @@ import torch
 
 from models.config import InputSpec, TaskSpec
 from models.data import Scenes
-from models.kinds import kind
 from models.model import TaskRoutedModel
 from models.routes import Route, all_routes, full_flops, request_flops
 
@@ -27,7 +26,7 @@ def evaluate(
     batch_size: int = 250,
 ) -> dict[str, float]:
     """Primary metric per task of `run` (image batch -> probabilities per task)."""
-    meters = {t.name: kind(t.kind).metric(t.num_classes) for t in tasks}
+    meters = {t.name: t.new_metric() for t in tasks}
     targets = scenes.targets()
     with torch.inference_mode():
         for i in range(0, len(scenes.images), batch_size):
@@ -98,7 +97,7 @@ def build_route_tables(
                     "flops": flops,
                     "flops_fraction": round(flops / full, 4),
                     "score": round(score, 4),
-                    "metric": kind(cfg.task(task).kind).metric_name,
+                    "metric": cfg.task(task).metric_name,
                     "params": params,
                 }
             )

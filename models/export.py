@@ -16,8 +16,8 @@ from models.routes import Route
 OPSET = 18  # the exporter's native opset (>= 17 as the contract asks); no version conversion
 
 
-def trunk_file(width: float) -> str:
-    return f"trunk-w{round(width * 100)}.onnx"
+def trunk_file(route: Route) -> str:
+    return f"trunk-{route.trunk}.onnx"
 
 
 def path_file(task: str, route: Route) -> str:
@@ -79,10 +79,9 @@ def export_routes(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    widths = sorted({r.width for rs in routes.values() for r in rs})
-    for width in widths:
-        if force or not (out_dir / trunk_file(width)).exists():
-            written.append(export_trunk(model, width, out_dir / trunk_file(width)))
+    for route in {r.trunk: r for rs in routes.values() for r in rs}.values():
+        if force or not (out_dir / trunk_file(route)).exists():
+            written.append(export_trunk(model, route.width, out_dir / trunk_file(route)))
     for task, rs in routes.items():
         for route in rs:
             if force or not (out_dir / path_file(task, route)).exists():

@@ -62,8 +62,8 @@ class ImageAdapter(ModelAdapter):
     def experts(self, task: str, k: int) -> list[list[int]]:
         return self.model.experts(task, k)
 
-    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
-        return self._flops.request_flops(width, routes)
+    def request_flops(self, routes: dict[str, Route]) -> int:
+        return self._flops.request_flops(routes)
 
     def full_flops(self, tasks: list[str]) -> int:
         return self._flops.full_flops(tasks)
@@ -124,14 +124,14 @@ class ImageAdapter(ModelAdapter):
         return rng.random((n, self.spec.channels, *self.shape), np.float32)
 
     # -- what backends run ------------------------------------------------------------
-    def trunk_module(self, width: float) -> nn.Module:
-        return self.model.extract_trunk(width)
+    def trunk_module(self, route: Route) -> nn.Module:
+        return self.model.extract_trunk(route.width)
 
     def path_module(self, task: str, route: Route) -> nn.Module:
         return self.model.extract_path(task, route)
 
-    def export_trunk(self, width: float, out: Path) -> Path:
-        return export.export_trunk(self.model, width, out)
+    def export_trunk(self, route: Route, out: Path) -> Path:
+        return export.export_trunk(self.model, route.width, out)
 
     def export_path(self, task: str, route: Route, out: Path) -> Path:
         return export.export_path(self.model, task, route, out)

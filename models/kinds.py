@@ -38,6 +38,24 @@ class _Accuracy(Metric):
         self.total += len(target)
 
 
+class _F1(Metric):
+    """F1 of the positive class (the last label, e.g. `spam`): for imbalanced binary tasks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tp = self.fp = self.fn = 0
+
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        positive = probs.shape[-1] - 1
+        pred, truth = probs.argmax(-1).numpy() == positive, np.asarray(target) == positive
+        self.tp += int((pred & truth).sum())
+        self.fp += int((pred & ~truth).sum())
+        self.fn += int((~pred & truth).sum())
+
+    def value(self) -> float:
+        return 2 * self.tp / max(2 * self.tp + self.fp + self.fn, 1)
+
+
 class _ExactMatch(Metric):
     def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
         self.correct += int(((probs.numpy() >= 0.5) == (target >= 0.5)).all(axis=1).sum())
@@ -64,6 +82,25 @@ class _MeanIoU(Metric):
         return float((self.inter[present] / self.union[present]).mean())
 
 
+class _PearsonR(Metric):
+    """Pearson correlation of predictions and targets over everything seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pred: list[np.ndarray] = []
+        self.truth: list[np.ndarray] = []
+
+    def update(self, probs: torch.Tensor, target: np.ndarray) -> None:
+        self.pred.append(probs.reshape(-1).numpy().astype(np.float64))
+        self.truth.append(np.asarray(target, np.float64).reshape(-1))
+
+    def value(self) -> float:
+        pred, truth = np.concatenate(self.pred), np.concatenate(self.truth)
+        if len(pred) < 2 or pred.std() == 0 or truth.std() == 0:
+            return 0.0
+        return float(np.corrcoef(pred, truth)[0, 1])
+
+
 def _kl(student: torch.Tensor, teacher: torch.Tensor, dim: int) -> torch.Tensor:
     log_p, q = F.log_softmax(student, dim=dim), F.softmax(teacher, dim=dim)
     return (q * (q.clamp_min(1e-8).log() - log_p)).sum(dim=dim).mean()
@@ -85,7 +122,8 @@ class TaskKind:
         """Loss that matches the full route's output (teacher logits, detached)."""
         raise NotImplementedError
 
-    def metric(self, num_classes: int) -> Metric:
+    def metric(self, num_classes: int, name: str | None = None) -> Metric:
+        """The kind's metric, or the one `name`d (a task's `metric` in its spec)."""
         raise NotImplementedError
 
     def to_json(self, probs: np.ndarray, labels: list[str], options: dict) -> dict:
@@ -113,8 +151,10 @@ class Classification(TaskKind):
     def distill(self, student, teacher):
         return _kl(student, teacher, dim=-1)
 
-    def metric(self, num_classes):
-        return _Accuracy()
+    def metric(self, num_classes, name=None):
+        if name not in (None, "accuracy", "f1"):
+            raise ValueError(f"classification metrics are accuracy and f1, not {name!r}")
+        return _F1() if name == "f1" else _Accuracy()
 
     def to_json(self, probs, labels, options):
         idx = int(probs.argmax())
@@ -142,7 +182,7 @@ class MultiLabel(TaskKind):
     def distill(self, student, teacher):
         return F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
 
-    def metric(self, num_classes):
+    def metric(self, num_classes, name=None):
         return _ExactMatch()
 
     def to_json(self, probs, labels, options):
@@ -169,7 +209,7 @@ class Dense(TaskKind):
     def distill(self, student, teacher):
         return _kl(student, teacher, dim=1)
 
-    def metric(self, num_classes):
+    def metric(self, num_classes, name=None):
         return _MeanIoU(num_classes)
 
     def to_json(self, probs, labels, options):
@@ -185,13 +225,40 @@ class Dense(TaskKind):
         return [{"name": f"{task}_mask", "datatype": "UINT8", "shape": [-1, *output_shape]}]
 
 
+class Regression(TaskKind):
+    """One real value per instance ([B, 1]); served as `{"value": x}` and `{task}_value`."""
+
+    name, metric_name = "regression", "pearson_r"
+
+    def activate(self, logits):
+        return logits
+
+    def loss(self, logits, target):
+        return F.mse_loss(logits.reshape(-1), target.float())
+
+    def distill(self, student, teacher):
+        return F.mse_loss(student, teacher)
+
+    def metric(self, num_classes, name=None):
+        return _PearsonR()
+
+    def to_json(self, probs, labels, options):
+        return {"value": float(probs[0])}
+
+    def to_tensors(self, task, probs):
+        return {f"{task}_value": probs.reshape(-1).astype(np.float32)}
+
+    def tensor_specs(self, task, num_classes, output_shape):
+        return [{"name": f"{task}_value", "datatype": "FP32", "shape": [-1]}]
+
+
 def encode_png(mask: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8), mode="L").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
-KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, MultiLabel, Dense)}
+KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, MultiLabel, Dense, Regression)}
 
 
 def kind(name: str) -> TaskKind:

@@ -13,32 +13,46 @@ from dataclasses import dataclass
 from models.config import ModelConfig
 from models.decoders import HEADS
 
-_ROUTE_ID = re.compile(r"^w(\d+)-k(\d+)-d(\d+)$")
+_ROUTE_ID = re.compile(r"^(?:L(\d+)-)?w(\d+)-k(\d+)-d(\d+)$")
 
 
 @dataclass(frozen=True, order=True)
 class Route:
+    """(trunk width, experts k, decoder width), and the number of encoder layers for families
+    slimmable by depth (`None` where the family has one depth)."""
+
     width: float
     experts: int
     decoder_width: float
+    depth: int | None = None
+
+    @property
+    def trunk(self) -> str:
+        """What the trunk runs (the batching key): `w50`, or `L4-w50` with a depth."""
+        width = f"w{round(self.width * 100)}"
+        return width if self.depth is None else f"L{self.depth}-{width}"
 
     @property
     def id(self) -> str:
-        return f"w{round(self.width * 100)}-k{self.experts}-d{round(self.decoder_width * 100)}"
+        return f"{self.trunk}-k{self.experts}-d{round(self.decoder_width * 100)}"
 
     @classmethod
     def parse(cls, route_id: str) -> Route:
         m = _ROUTE_ID.match(route_id)
         if not m:
-            raise ValueError(f"malformed route id {route_id!r}, expected like 'w50-k2-d50'")
-        return cls(int(m[1]) / 100, int(m[2]), int(m[3]) / 100)
+            raise ValueError(f"malformed route id {route_id!r}, expected like 'w50-k2-d50' or 'L4-w50-k2-d50'")
+        depth = int(m[1]) if m[1] else None
+        return cls(int(m[2]) / 100, int(m[3]), int(m[4]) / 100, depth)
 
-    def check(self, cfg: ModelConfig) -> None:
+    def check(self, cfg) -> None:
+        """Raises ValueError unless the route is in `cfg.routes` (any family's route space)."""
         space = cfg.routes
         if (
             self.width not in space.widths
             or self.experts not in space.experts
             or self.decoder_width not in space.decoder_widths
+            or (self.depth is None) != (getattr(space, "depths", None) is None)
+            or (self.depth is not None and self.depth not in space.depths)
         ):
             raise ValueError(f"route {self.id} is outside the model's route space {space}")
 
@@ -94,8 +108,8 @@ class ConfigFlops:
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
 
-    def request_flops(self, width: float, routes: dict[str, Route]) -> int:
-        return request_flops(self.cfg, width, routes)
+    def request_flops(self, routes: dict[str, Route]) -> int:
+        return request_flops(self.cfg, next(iter(routes.values())).width, routes)
 
     def full_flops(self, tasks: list[str]) -> int:
         return full_flops(self.cfg, tasks)

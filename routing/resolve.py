@@ -1,6 +1,7 @@
 """Route tables and resolution: (tasks, budget) -> the plan that runs.
 
-A plan is one trunk width shared by the request's tasks plus one route per task. Among
+A plan is one trunk (width, and depth where the family has several) shared by the request's
+tasks plus one route per task. Among
 plans whose FLOPs fraction fits the budget, the one with the best (weighted) validation
 score wins. Ties go to the larger plan: equal validation scores mean no measurable
 difference, and the request allowed that much compute (tier `max` is the full route). Under
@@ -21,7 +22,8 @@ from routing.budget import Budget
 class FlopsModel(Protocol):
     """What routing needs of a model: FLOPs per sample of a plan (model adapters are one)."""
 
-    def request_flops(self, width: float, routes: dict[str, Route]) -> int: ...
+    def request_flops(self, routes: dict[str, Route]) -> int:
+        """FLOPs per sample of the trunk the routes share, once, and each task's path."""
 
     def full_flops(self, tasks: list[str]) -> int: ...
 
@@ -53,13 +55,21 @@ class RouteEntry:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one request runs: the trunk width and each task's route."""
+    """What one request runs: the trunk (`Route.trunk`, the batching key) and each task's route."""
 
-    width: float
+    trunk: str
     entries: tuple[RouteEntry, ...]
     flops: int
     flops_fraction: float
     score: float
+
+    @property
+    def width(self) -> float:
+        return self.entries[0].route.width
+
+    @property
+    def depth(self) -> int | None:
+        return self.entries[0].route.depth
 
     @property
     def routes(self) -> dict[str, Route]:
@@ -89,17 +99,21 @@ class RouteTables:
                 for r in rows
             ]
             self.tables[task] = sorted(entries, key=lambda e: e.flops)
-        self.trunk_latency_ms: dict[float, dict[int, float]] = {}  # width -> bucket -> ms
+        self.trunk_latency_ms: dict[str, dict[int, float]] = {}  # trunk -> bucket -> ms
         self._plans = lru_cache(maxsize=256)(self._enumerate)
 
     @property
-    def widths(self) -> list[float]:
-        return sorted({e.route.width for rows in self.tables.values() for e in rows})
+    def trunks(self) -> dict[str, Route]:
+        """Every trunk the tables use (`Route.trunk`), with a route that runs it."""
+        rows = sorted(
+            (e.route for rows in self.tables.values() for e in rows), key=lambda r: (r.depth or 0, r.width)
+        )
+        return {r.trunk: r for r in rows}
 
-    def entries(self, width: float | None = None) -> list[RouteEntry]:
-        """Every task's route entries, optionally only those at one trunk width."""
+    def entries(self, trunk: str | None = None) -> list[RouteEntry]:
+        """Every task's route entries, optionally only those on one trunk."""
         rows = [e for rows in self.tables.values() for e in rows]
-        return [e for e in rows if width is None or e.route.width == width]
+        return [e for e in rows if trunk is None or e.route.trunk == trunk]
 
     def entry(self, task: str, route_id: str) -> RouteEntry:
         for e in self.tables[task]:
@@ -111,12 +125,12 @@ class RouteTables:
         """All plans for a task set, sorted best first (score desc, then FLOPs desc)."""
         full = self.flops.full_flops(list(tasks))
         plans = []
-        for width in self.widths:
-            options = [[e for e in self.tables[t] if e.route.width == width] for t in tasks]
+        for trunk in self.trunks:
+            options = [[e for e in self.tables[t] if e.route.trunk == trunk] for t in tasks]
             for combo in itertools.product(*options):
-                flops = self.flops.request_flops(width, {e.task: e.route for e in combo})
+                flops = self.flops.request_flops({e.task: e.route for e in combo})
                 score = sum(w * e.score for w, e in zip(weights, combo)) / sum(weights)
-                plans.append(Plan(width, tuple(combo), flops, flops / full, score))
+                plans.append(Plan(trunk, tuple(combo), flops, flops / full, score))
         plans.sort(key=lambda p: (-p.score, -p.flops))
         return plans
 
@@ -158,7 +172,7 @@ class RouteTables:
     # -- calibrated latency ------------------------------------------------------------
     def latency_ms(self, plan: Plan, batch: int = 1) -> float | None:
         """Calibrated latency of a plan at a batch size (nearest bucket at or above)."""
-        trunk = self.trunk_latency_ms.get(plan.width)
+        trunk = self.trunk_latency_ms.get(plan.trunk)
         if not trunk:
             return None
         bucket = _bucket(trunk, batch)
@@ -167,11 +181,10 @@ class RouteTables:
         # assume time grows with the batch: an estimate that errs on the slow side
         return ms * max(1.0, batch / bucket)
 
-    def batch_latency_ms(self, width: float, size: int, rows: dict[RouteEntry, int]) -> float:
-        """Calibrated time of one batch: the trunk at `width` on `size` instances, then each
-        route's path on its rows (interpolated between the timed batch sizes); 0 before
-        calibration."""
-        trunk = self.trunk_latency_ms.get(width)
+    def batch_latency_ms(self, trunk_id: str, size: int, rows: dict[RouteEntry, int]) -> float:
+        """Calibrated time of one batch: the trunk on `size` instances, then each route's path
+        on its rows (interpolated between the timed batch sizes); 0 before calibration."""
+        trunk = self.trunk_latency_ms.get(trunk_id)
         if not trunk:
             return 0.0
         return _interpolate(trunk, size) + sum(
@@ -179,8 +192,8 @@ class RouteTables:
         )
 
     def route_latency_ms(self, entry: RouteEntry, bucket: int) -> float:
-        """Calibrated latency of one task's route alone: its trunk width plus its path."""
-        return self.trunk_latency_ms.get(entry.route.width, {}).get(bucket, 0.0) + entry.latency_ms.get(
+        """Calibrated latency of one task's route alone: its trunk plus its path."""
+        return self.trunk_latency_ms.get(entry.route.trunk, {}).get(bucket, 0.0) + entry.latency_ms.get(
             bucket, 0.0
         )
 

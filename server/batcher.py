@@ -1,10 +1,10 @@
-"""Dynamic batching keyed by trunk width, one batcher per hosted model.
+"""Dynamic batching keyed by trunk, one batcher per hosted model.
 
-Requests whose plans share a trunk width are stacked into one batch: the trunk runs once,
+Requests whose plans share a trunk are stacked into one batch: the trunk runs once,
 then the batch is split by (task, route), each path runs on its rows, and the rows are put
 back in request order. Batches run on the shared compute thread, off the event loop; while
-one runs, the next fills. Within a width the queue is ordered by priority (a lower number
-first, as Triton's priority levels), then by arrival; the next batch comes from the width
+one runs, the next fills. Within a trunk the queue is ordered by priority (a lower number
+first, as Triton's priority levels), then by arrival; the next batch comes from the trunk
 whose head request ranks first.
 """
 
@@ -119,12 +119,15 @@ def _decode(item: WorkItem) -> np.ndarray:
     return array
 
 
-def run_batch(
-    backend: Backend, stack: Callable[[list[np.ndarray]], np.ndarray], width: float, items: list[WorkItem]
-) -> BatchRun:
+Batches = Callable[[list], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkItem]) -> BatchRun:
     """Decode each item, run the trunk once for the whole batch, then each (task, route) path
     on its rows, then encode each item's outputs. An item that fails to decode or encode
-    fails alone; the others are answered."""
+    fails alone; the others are answered. `batches` (the adapter's) makes the trunk's input
+    batches of the decoded instances: one, or several groups of similar length for ragged
+    inputs such as text."""
     t0 = time.perf_counter()
     outputs: list = [None] * len(items)
     arrays, good = [], []
@@ -136,7 +139,7 @@ def run_batch(
             outputs[i] = exc
     t1 = time.perf_counter()
     if good:
-        for i, out in zip(good, _forward(backend, stack, width, [items[i] for i in good], arrays)):
+        for i, out in zip(good, _forward(backend, batches, trunk, [items[i] for i in good], arrays)):
             outputs[i] = out
     t2 = time.perf_counter()
     encoded: list = [None] * len(items)
@@ -151,59 +154,65 @@ def run_batch(
 
 
 def _forward(
-    backend: Backend, stack: Callable, width: float, items: list[WorkItem], arrays: list[np.ndarray]
+    backend: Backend, batches: Batches, trunk: str, items: list[WorkItem], arrays: list
 ) -> list[dict[str, np.ndarray]]:
-    """The trunk once on the stacked batch, then each (task, route) path on its rows."""
-    batch = stack(arrays)
-    tokens = backend.run_trunk(width, batch)
-    rows: dict[tuple, list[int]] = defaultdict(list)
+    """Per input batch: the trunk once, then each (task, route) path on the rows that want it;
+    outputs go back to request order."""
     offsets = np.cumsum([0] + [len(a) for a in arrays])
+    total = int(offsets[-1])
+    wants: dict[tuple, np.ndarray] = {}  # (task, route) -> which rows run it
     for i, it in enumerate(items):
-        for entry in it.plan.entries:
-            rows[(entry.task, entry.route)].extend(range(offsets[i], offsets[i + 1]))
-    per_path = {}
-    for (task, route), idx in rows.items():
-        idx = np.asarray(idx)
-        per_path[(task, route)] = (idx, backend.run_path(task, route, tokens[idx], batch[idx]))
-    results = []
-    for i, it in enumerate(items):
-        out = {}
-        for entry in it.plan.entries:
-            idx, probs = per_path[(entry.task, entry.route)]
-            start = int(np.searchsorted(idx, offsets[i]))
-            out[entry.task] = probs[start : start + len(arrays[i])]
-        results.append(out)
-    return results
+        for e in it.plan.entries:
+            wants.setdefault((e.task, e.route), np.zeros(total, bool))[offsets[i] : offsets[i + 1]] = True
+    results: dict[tuple, np.ndarray] = {}
+    for rows, batch in batches(arrays):
+        tokens = backend.run_trunk(trunk, batch)
+        for (task, route), wanted in wants.items():
+            local = np.flatnonzero(wanted[rows])
+            if not len(local):
+                continue
+            if len(local) == len(rows):
+                probs = backend.run_path(task, route, tokens, batch)
+            else:
+                probs = backend.run_path(task, route, tokens[local], batch[local])
+            out = results.get((task, route))
+            if out is None:
+                out = results[(task, route)] = np.empty((total, *probs.shape[1:]), probs.dtype)
+            out[rows[local]] = probs
+    return [
+        {e.task: results[(e.task, e.route)][offsets[i] : offsets[i + 1]] for e in it.plan.entries}
+        for i, it in enumerate(items)
+    ]
 
 
 class Batcher:
     def __init__(
         self,
         backend: Backend,
-        stack: Callable[[list[np.ndarray]], np.ndarray],
+        batches: Batches,
         compute: ComputeScheduler,
         max_batch_size: int,
         batch_wait_ms: float,
         max_queue: int,
-        on_batch: Callable[[int, float], None] | None = None,
-        batch_estimate: Callable[[float, int, dict], float] | None = None,
+        on_batch: Callable[[int, str], None] | None = None,
+        batch_estimate: Callable[[str, int, dict], float] | None = None,
     ) -> None:
-        self.backend, self.stack, self.compute = backend, stack, compute
+        self.backend, self.batches, self.compute = backend, batches, compute
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.max_queue = max_queue
-        self.on_batch = on_batch  # callback(batch_size, width) for metrics
-        self.queues: dict[float, list[WorkItem]] = defaultdict(list)  # heaps by (priority, arrival)
+        self.on_batch = on_batch  # callback(batch_size, trunk) for metrics
+        self.queues: dict[str, list[WorkItem]] = defaultdict(list)  # heaps by (priority, arrival)
         self.queued = 0  # instances waiting
-        self.queued_at: dict[float, int] = defaultdict(int)  # instances waiting, per trunk width
-        self.queued_rows: dict[float, Counter] = defaultdict(Counter)  # per width: route -> rows
+        self.queued_at: dict[str, int] = defaultdict(int)  # instances waiting, per trunk
+        self.queued_rows: dict[str, Counter] = defaultdict(Counter)  # per trunk: route -> rows
         self.busy_until = 0.0  # monotonic estimate of when the running batch ends
         self.in_flight = 0  # requests submitted and not yet answered
         self._wakeup = asyncio.Event()
-        # calibrated compute of a batch (width, instances, rows per route) -> ms, and how much slower
-        # batches really ran while serving (calibration ran on an idle machine), per width
-        self.batch_estimate = batch_estimate or (lambda width, size, rows: 0.0)
-        self.slowdown: dict[float, Recent] = {}
+        # calibrated compute of a batch (trunk, instances, rows per route) -> ms, and how much slower
+        # batches really ran while serving (calibration ran on an idle machine), per trunk
+        self.batch_estimate = batch_estimate or (lambda trunk, size, rows: 0.0)
+        self.slowdown: dict[str, Recent] = {}
         # decoding and encoding per instance (they run in the batch, on the compute thread)
         self.per_instance = Recent(rest=0.0, tau_s=10.0)
         self._task: asyncio.Task | None = None
@@ -217,38 +226,38 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def ahead_ms(self, width: float) -> float:
-        """Estimated time before the batch that a request at `width` joins starts: the event
+    def ahead_ms(self, trunk: str) -> float:
+        """Estimated time before the batch that a request at `trunk` joins starts: the event
         loop's lag (requests queue there before they reach admission when request handling,
         not compute, is the bottleneck), the running batch's rest, the batches queued at other
-        widths, and the full batches queued ahead of it at its own width. The instances it
+        trunks, and the full batches queued ahead of it at its own trunk. The instances it
         will share its batch with are not counted here: `batch_ms_at` counts them."""
         running = max(0.0, self.busy_until - time.monotonic()) * 1000
         other = sum(
-            self.batch_ms(w, self.queued_at[w], self.queued_rows[w]) for w in self.queues if w != width
+            self.batch_ms(w, self.queued_at[w], self.queued_rows[w]) for w in self.queues if w != trunk
         )
-        queued = self.queued_at[width]
+        queued = self.queued_at[trunk]
         full = queued // self.max_batch_size * self.max_batch_size
-        own = self.batch_ms(width, queued, self.queued_rows[width]) * full / queued if full else 0.0
+        own = self.batch_ms(trunk, queued, self.queued_rows[trunk]) * full / queued if full else 0.0
         return self.compute.loop_lag_ms + running + other + own
 
-    def batch_ms(self, width: float, size: int, rows: dict) -> float:
+    def batch_ms(self, trunk: str, size: int, rows: dict) -> float:
         """A batch's time on the compute thread: its calibrated compute times how much slower
-        than calibrated recent batches at this width ran, plus decoding and encoding."""
-        recent = self.slowdown.get(width)
-        compute = self.batch_estimate(width, size, rows) * (recent.value() if recent else 1.0)
+        than calibrated recent batches at this trunk ran, plus decoding and encoding."""
+        recent = self.slowdown.get(trunk)
+        compute = self.batch_estimate(trunk, size, rows) * (recent.value() if recent else 1.0)
         return compute + size * self.per_instance.value()
 
-    def batch_ms_at(self, width: float, plan: Plan, n: int) -> float:
+    def batch_ms_at(self, trunk: str, plan: Plan, n: int) -> float:
         """Compute of the batch that n more instances of `plan` would join: with the
-        instances queued at its width that do not fill a batch ahead of it."""
-        queued = self.queued_at[width]
+        instances queued at its trunk that do not fill a batch ahead of it."""
+        queued = self.queued_at[trunk]
         rest = queued % self.max_batch_size
         rows = Counter({e: n for e in plan.entries})
         if rest:
-            for e, r in self.queued_rows[width].items():
+            for e, r in self.queued_rows[trunk].items():
                 rows[e] += round(r * rest / queued)
-        return self.batch_ms(width, min(self.max_batch_size, rest + n), rows)
+        return self.batch_ms(trunk, min(self.max_batch_size, rest + n), rows)
 
     @property
     def idle(self) -> bool:
@@ -262,11 +271,11 @@ class Batcher:
                 f"queue is full ({self.queued} of {self.max_queue} instances waiting)", retry_after=1
             )
         item.future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.queues[item.plan.width], item)
+        heapq.heappush(self.queues[item.plan.trunk], item)
         self.queued += n
-        self.queued_at[item.plan.width] += n
+        self.queued_at[item.plan.trunk] += n
         for e in item.plan.entries:
-            self.queued_rows[item.plan.width][e] += n
+            self.queued_rows[item.plan.trunk][e] += n
         self.in_flight += 1
         self._wakeup.set()
         try:
@@ -274,39 +283,39 @@ class Batcher:
         finally:
             self.in_flight -= 1
 
-    def _next_width(self) -> float | None:
+    def _next_trunk(self) -> str | None:
         heads = [(q[0], w) for w, q in self.queues.items() if q]
         return min(heads)[1] if heads else None
 
-    def _pop(self, width: float) -> WorkItem:
-        item = heapq.heappop(self.queues[width])
+    def _pop(self, trunk: str) -> WorkItem:
+        item = heapq.heappop(self.queues[trunk])
         self.queued -= len(item)
-        self.queued_at[width] -= len(item)
+        self.queued_at[trunk] -= len(item)
         for e in item.plan.entries:
-            self.queued_rows[width][e] -= len(item)
+            self.queued_rows[trunk][e] -= len(item)
         return item
 
-    def _take(self, width: float) -> list[WorkItem]:
-        """The next batch at `width`, in priority order, no larger than lets every request in
+    def _take(self, trunk: str) -> list[WorkItem]:
+        """The next batch at `trunk`, in priority order, no larger than lets every request in
         it with a deadline be answered in time (by the batch's estimate); the rest waits for
         the next batch. A request that would be late even alone is answered 503 now and never
         executed: a late answer helps nobody and costs the others compute."""
-        queue, items, size, rows = self.queues[width], [], 0, Counter()
+        queue, items, size, rows = self.queues[trunk], [], 0, Counter()
         earliest = math.inf  # the earliest deadline in the batch
         lag = self.compute.loop_lag_ms
         while queue and (not items or size + len(queue[0]) <= self.max_batch_size):
             item = queue[0]
             if item.future.done():  # cancelled by a disconnected client
-                self._pop(width)
+                self._pop(trunk)
                 continue
             deadline = min(earliest, item.deadline if item.deadline is not None else math.inf)
             if deadline < math.inf:
                 with_it = rows + Counter({e: len(item) for e in item.plan.entries})
-                done_by = time.monotonic() + (self.batch_ms(width, size + len(item), with_it) + lag) / 1000
+                done_by = time.monotonic() + (self.batch_ms(trunk, size + len(item), with_it) + lag) / 1000
                 if done_by > deadline:
                     if items:
                         break  # it waits for the next batch, where it may run alone
-                    self._pop(width).future.set_exception(
+                    self._pop(trunk).future.set_exception(
                         DeadlineExceeded(
                             "would not be answered within the timeout; retry later or raise timeout_ms",
                             "timeout_ms",
@@ -314,7 +323,7 @@ class Batcher:
                         )
                     )
                     continue
-            self._pop(width)
+            self._pop(trunk)
             items.append(item)
             size += len(item)
             for e in item.plan.entries:
@@ -324,13 +333,13 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            width = self._next_width()
-            if width is None:
+            trunk = self._next_trunk()
+            if trunk is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             # let a batch fill for up to batch_wait after its first request arrived
-            queue = self.queues[width]
+            queue = self.queues[trunk]
             wait = queue[0].enqueued + self.batch_wait - time.monotonic()
             if wait > 0 and sum(len(i) for i in queue) < self.max_batch_size:
                 self._wakeup.clear()
@@ -339,20 +348,20 @@ class Batcher:
                 except TimeoutError:
                     pass
                 continue
-            items = self._take(width)
+            items = self._take(trunk)
             if items:
-                await self._run(width, items)
+                await self._run(trunk, items)
 
-    async def _run(self, width: float, items: list[WorkItem]) -> None:
+    async def _run(self, trunk: str, items: list[WorkItem]) -> None:
         size = sum(len(i) for i in items)
         rows = Counter()
         for it in items:
             for e in it.plan.entries:
                 rows[e] += len(it)
-        self.busy_until = time.monotonic() + self.batch_ms(width, size, rows) / 1000
+        self.busy_until = time.monotonic() + self.batch_ms(trunk, size, rows) / 1000
         started = time.monotonic()
         try:
-            run: BatchRun = await self.compute.run(run_batch, self.backend, self.stack, width, items)
+            run: BatchRun = await self.compute.run(run_batch, self.backend, self.batches, trunk, items)
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the loop
             for it in items:
                 if not it.future.done():
@@ -360,14 +369,14 @@ class Batcher:
             return
         finally:
             self.busy_until = 0.0
-        calibrated = self.batch_estimate(width, size, rows)
+        calibrated = self.batch_estimate(trunk, size, rows)
         if calibrated > 0:
-            self.slowdown.setdefault(width, Recent(rest=1.0)).add(run.compute_ms / calibrated)
+            self.slowdown.setdefault(trunk, Recent(rest=1.0)).add(run.compute_ms / calibrated)
         self.per_instance.add((run.decode_ms + run.encode_ms) / size)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "batch w%s n%d: decode %.1f compute %.1f (calibrated %.1f) encode %.1f wall %.1f",
-                width,
+                "batch %s n%d: decode %.1f compute %.1f (calibrated %.1f) encode %.1f wall %.1f",
+                trunk,
                 size,
                 run.decode_ms,
                 run.compute_ms,
@@ -376,7 +385,7 @@ class Batcher:
                 (time.monotonic() - started) * 1000,
             )
         if self.on_batch:
-            self.on_batch(size, width)
+            self.on_batch(size, trunk)
         for it, out, encoded in zip(items, run.outputs, run.encoded):
             if it.future.done():
                 continue

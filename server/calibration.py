@@ -1,4 +1,4 @@
-"""Calibration: how long each trunk width and task path takes per batch bucket, measured on
+"""Calibration: how long each trunk and task path takes per batch bucket, measured on
 the compute thread and kept per checkpoint and machine, so a restart or a reload of the
 same checkpoint skips the timing."""
 
@@ -42,16 +42,16 @@ def run_ms(fn: Callable, *args) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-async def time_width(
+async def time_trunk(
     run: Callable[..., Awaitable],
     backend,
     tables: RouteTables,
     batch: np.ndarray,
-    width: float,
+    trunk: str,
     rounds: int,
     warm_up: bool = True,
 ) -> None:
-    """Time the trunk at `width` and every path at that width on one batch bucket: the
+    """Time the trunk and every path on that trunk on one batch bucket: the
     fastest of `rounds` runs (after a warm-up run, for graphs not run before). `run` puts
     each single run on the compute thread as its own job, so that serving batches wait for
     one run at most."""
@@ -64,18 +64,18 @@ async def time_width(
         return min([await run(run_ms, fn, *args) for _ in range(rounds)])
 
     bucket = len(batch)
-    tokens = await run(backend.run_trunk, width, batch)
-    tables.trunk_latency_ms.setdefault(width, {})[bucket] = await median_ms(backend.run_trunk, width, batch)
-    for e in tables.entries(width=width):
+    tokens = await run(backend.run_trunk, trunk, batch)
+    tables.trunk_latency_ms.setdefault(trunk, {})[bucket] = await median_ms(backend.run_trunk, trunk, batch)
+    for e in tables.entries(trunk=trunk):
         e.latency_ms[bucket] = await median_ms(backend.run_path, e.task, e.route, tokens, batch)
 
 
 async def warm(
-    run: Callable[..., Awaitable], backend, tables: RouteTables, batch: np.ndarray, width: float
+    run: Callable[..., Awaitable], backend, tables: RouteTables, batch: np.ndarray, trunk: str
 ) -> None:
-    """Run every graph at `width` once (first runs allocate and pick kernels)."""
-    tokens = await run(backend.run_trunk, width, batch)
-    for e in tables.entries(width=width):
+    """Run every graph on `trunk` once (first runs allocate and pick kernels)."""
+    tokens = await run(backend.run_trunk, trunk, batch)
+    for e in tables.entries(trunk=trunk):
         await run(backend.run_path, e.task, e.route, tokens, batch)
 
 
@@ -99,13 +99,13 @@ def restore(file: Path, tables: RouteTables, buckets: list[int]) -> bool:
     """Fill the tables' latencies from a cache file; False when absent or incomplete."""
     try:
         data = json.loads(file.read_text())
-        trunk = {float(w): {int(b): float(ms) for b, ms in t.items()} for w, t in data["trunk"].items()}
+        trunk = {str(w): {int(b): float(ms) for b, ms in t.items()} for w, t in data["trunk"].items()}
         paths = {k: {int(b): float(ms) for b, ms in v.items()} for k, v in data["paths"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     wanted = set(buckets)
     entries = tables.entries()
-    complete = all(wanted <= set(trunk.get(w, {})) for w in tables.widths) and all(
+    complete = all(wanted <= set(trunk.get(t, {})) for t in tables.trunks) and all(
         wanted <= set(paths.get(f"{e.task}/{e.id}", {})) for e in entries
     )
     if not complete:

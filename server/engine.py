@@ -69,12 +69,12 @@ class Engine:
         self.default_budget = Budget.from_text(settings.default_budget)
         self.batcher = Batcher(
             self.backend,
-            adapter.stack,
+            adapter.batches,
             compute,
             settings.max_batch_size,
             settings.batch_wait_ms,
             settings.max_queue,
-            on_batch=lambda size, width: metrics.batch_size.labels(self.name, str(width)).observe(size),
+            on_batch=lambda size, trunk: metrics.batch_size.labels(self.name, trunk).observe(size),
             batch_estimate=self.tables.batch_latency_ms,
         )
         self.ready = False
@@ -107,24 +107,25 @@ class Engine:
         with the same checkpoint reads the timings from the cache and only warms each graph."""
         started = time.perf_counter()
         run = lambda fn, *args: self.compute.run(fn, *args, background=background)  # noqa: E731
-        for width in self.tables.widths:
-            await run(self.backend.add_trunk, width)
+        trunks = self.tables.trunks
+        for route in trunks.values():
+            await run(self.backend.add_trunk, route)
         for e in self.tables.entries():
             await run(self.backend.add_path, e.task, e.route)
-        graphs = len(self.tables.widths) + len(self.tables.entries())
+        graphs = len(trunks) + len(self.tables.entries())
         log.info("%s: built %d graphs in %.1f s", self.name, graphs, time.perf_counter() - started)
         buckets = sorted(self.settings.batch_buckets)
         cache = self._cache_file()
         cached = await asyncio.to_thread(calibration.restore, cache, self.tables, buckets)
         for bucket in buckets[:1] if cached else buckets:
             batch = self.adapter.example_batch(bucket)
-            for width in self.tables.widths:
+            for trunk in trunks:
                 if cached:
-                    await calibration.warm(run, self.backend, self.tables, batch, width)
+                    await calibration.warm(run, self.backend, self.tables, batch, trunk)
                 else:
                     first = bucket == buckets[0]  # later buckets run graphs that are warm already
-                    args = (self.backend, self.tables, batch, width, self._rounds, first)
-                    await calibration.time_width(run, *args)
+                    args = (self.backend, self.tables, batch, trunk, self._rounds, first)
+                    await calibration.time_trunk(run, *args)
             if not cached:
                 log.info("%s: calibrated batch %d (%.1f s)", self.name, bucket, time.perf_counter() - started)
         if not cached:
@@ -243,10 +244,10 @@ class Engine:
 
         def own_ms(plan: Plan) -> float:
             calibrated = self.tables.latency_ms(plan, n) or 0.0
-            return calibrated if idle else max(calibrated, self.batcher.batch_ms_at(plan.width, plan, n))
+            return calibrated if idle else max(calibrated, self.batcher.batch_ms_at(plan.trunk, plan, n))
 
         def finish_ms(plan: Plan) -> float:
-            return own_ms(plan) + (0.0 if idle else self.batcher.ahead_ms(plan.width))
+            return own_ms(plan) + (0.0 if idle else self.batcher.ahead_ms(plan.trunk))
 
         # Step down while the estimated finish uses more than `degrade_headroom` of the
         # timeout (estimates err by tens of percent under load, and a queue kept short stays

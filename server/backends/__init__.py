@@ -1,4 +1,4 @@
-"""Compute backends: run a trunk width on a batch, then a task path on a slice of it.
+"""Compute backends: run a trunk on a batch, then a task path on a slice of it.
 
 Both take and return numpy arrays so that the batcher is backend- and family-agnostic.
 A backend is filled one graph at a time (`add_trunk`, `add_path`), so that building a model
@@ -18,11 +18,12 @@ from models.routes import Route
 class Backend(Protocol):
     name: str
 
-    def add_trunk(self, width: float) -> None: ...
+    def add_trunk(self, route: Route) -> None:
+        """Build the trunk that `route` runs, kept under `route.trunk`."""
 
     def add_path(self, task: str, route: Route) -> None: ...
 
-    def run_trunk(self, width: float, batch: np.ndarray) -> np.ndarray:
+    def run_trunk(self, trunk: str, batch: np.ndarray) -> np.ndarray:
         """The model's input batch -> trunk tokens."""
 
     def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
@@ -45,8 +46,8 @@ def build_backend(name: str, adapter: ModelAdapter, settings, routes: dict[str, 
     """A backend holding the graphs of `routes`, built at once (benchmarks, tools; the server
     builds its backends one graph per job on the compute thread)."""
     backend = create_backend(name, adapter, settings)
-    for width in sorted({r.width for rs in routes.values() for r in rs}):
-        backend.add_trunk(width)
+    for route in {r.trunk: r for rs in routes.values() for r in rs}.values():
+        backend.add_trunk(route)
     for task, rs in routes.items():
         for route in rs:
             backend.add_path(task, route)

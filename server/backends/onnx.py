@@ -32,17 +32,17 @@ class OnnxBackend:
         self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.trunks: dict[float, ort.InferenceSession] = {}
+        self.trunks: dict[str, ort.InferenceSession] = {}
         self.paths: dict[tuple[str, Route], ort.InferenceSession] = {}
 
     def _session(self, file: Path) -> ort.InferenceSession:
         return ort.InferenceSession(str(file), self.options, providers=providers())
 
-    def add_trunk(self, width: float) -> None:
-        file = self.out / trunk_file(width)
+    def add_trunk(self, route: Route) -> None:
+        file = self.out / trunk_file(route)
         if not file.exists():
-            self.adapter.export_trunk(width, file)
-        self.trunks[width] = self._session(file)
+            self.adapter.export_trunk(route, file)
+        self.trunks[route.trunk] = self._session(file)
 
     def add_path(self, task: str, route: Route) -> None:
         file = self.out / path_file(task, route)
@@ -50,8 +50,8 @@ class OnnxBackend:
             self.adapter.export_path(task, route, file)
         self.paths[(task, route)] = self._session(file)
 
-    def run_trunk(self, width: float, batch: np.ndarray) -> np.ndarray:
-        return self.trunks[width].run(None, {self.adapter.input_name: batch})[0]
+    def run_trunk(self, trunk: str, batch: np.ndarray) -> np.ndarray:
+        return self.trunks[trunk].run(None, {self.adapter.input_name: batch})[0]
 
     def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
         return self.paths[(task, route)].run(None, {"tokens": tokens, self.adapter.input_name: batch})[0]

@@ -15,18 +15,18 @@ class TorchBackend:
     def __init__(self, adapter: ModelAdapter, threads: int) -> None:
         torch.set_num_threads(threads)
         self.adapter = adapter
-        self.trunks: dict[float, torch.nn.Module] = {}
+        self.trunks: dict[str, torch.nn.Module] = {}
         self.paths: dict[tuple[str, Route], torch.nn.Module] = {}
 
-    def add_trunk(self, width: float) -> None:
-        self.trunks[width] = self.adapter.trunk_module(width)
+    def add_trunk(self, route: Route) -> None:
+        self.trunks[route.trunk] = self.adapter.trunk_module(route)
 
     def add_path(self, task: str, route: Route) -> None:
         self.paths[(task, route)] = self.adapter.path_module(task, route)
 
-    def run_trunk(self, width: float, batch: np.ndarray) -> np.ndarray:
+    def run_trunk(self, trunk: str, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.trunks[width](torch.from_numpy(batch)).numpy()
+            return self.trunks[trunk](torch.from_numpy(batch)).numpy()
 
     def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

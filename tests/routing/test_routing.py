@@ -131,8 +131,8 @@ def test_degradation_candidates_stay_between_floor_and_budget():
 
 def test_latency_resolution_uses_calibration():
     t = tables()
-    for w in t.widths:
-        t.trunk_latency_ms[w] = {1: 10.0 * w}
+    for trunk, route in t.trunks.items():
+        t.trunk_latency_ms[trunk] = {1: 10.0 * route.width}
     for e in t.tables["count"]:
         e.latency_ms[1] = 10.0 * e.flops_fraction
     fast = t.resolve_latency(["count"], 6.0, Budget.parse("max"))

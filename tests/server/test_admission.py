@@ -103,14 +103,14 @@ def test_without_min_budget_the_route_never_changes(engine, backlog):
 def test_a_busy_width_counts_the_batch_a_request_joins(engine, backlog):
     top = admit(engine).plan
     engine.batcher.queued = 1  # not idle: a new request joins the 59 instances queued at its width
-    engine.batcher.queued_at[top.width] = 59
-    engine.tables.trunk_latency_ms[top.width] = {1: 1.0, 64: 61.0}  # alone 1 ms; that batch ~60 ms
+    engine.batcher.queued_at[top.trunk] = 59
+    engine.tables.trunk_latency_ms[top.trunk] = {1: 1.0, 64: 61.0}  # alone 1 ms; that batch ~60 ms
     try:
         a = admit(engine)
     finally:
         engine.batcher.queued = 0
         engine.batcher.queued_at.clear()
-        del engine.tables.trunk_latency_ms[top.width]
+        del engine.tables.trunk_latency_ms[top.trunk]
     assert a.degraded and a.plan.width < top.width
 
 
@@ -119,15 +119,15 @@ def test_an_idle_server_never_sheds(engine, lag_ms):
     """With the compute thread idle and nothing queued only the route's own compute counts,
     however busy the event loop was: stale estimates cannot shed everything."""
     engine.compute.loop_lag_ms = lag_ms
-    engine.tables.trunk_latency_ms[1.0] = {1: 5.0}
-    engine.batcher.slowdown[1.0] = Recent(rest=1.0)
-    engine.batcher.slowdown[1.0].add(1000.0)  # as if batches just ran 200x slower than calibrated
+    engine.tables.trunk_latency_ms["w100"] = {1: 5.0}
+    engine.batcher.slowdown["w100"] = Recent(rest=1.0)
+    engine.batcher.slowdown["w100"].add(1000.0)  # as if batches just ran 200x slower than calibrated
     try:
         a = admit(engine, min_budget="max", timeout_ms=250)
     finally:
         engine.compute.loop_lag_ms = 0.0
         engine.batcher.slowdown.clear()
-        del engine.tables.trunk_latency_ms[1.0]
+        del engine.tables.trunk_latency_ms["w100"]
     assert not a.degraded and a.plan.flops_fraction == 1.0
 
 
@@ -147,10 +147,10 @@ def test_property_no_request_is_shed_while_the_compute_thread_is_idle(
     request that the route's calibrated compute can answer in time is admitted while nothing
     is queued and the compute thread has nothing to do."""
     assert engine.batcher.idle
-    engine.tables.trunk_latency_ms[1.0] = {1: 5.0, 64: 50.0}
+    engine.tables.trunk_latency_ms["w100"] = {1: 5.0, 64: 50.0}
     engine.compute.loop_lag_ms = lag_ms
-    for width in engine.tables.widths:
-        engine.batcher.slowdown[width] = Recent(rest=slowdown, tau_s=1e9)
+    for trunk in engine.tables.trunks:
+        engine.batcher.slowdown[trunk] = Recent(rest=slowdown, tau_s=1e9)
     engine.batcher.per_instance = Recent(rest=per_instance_ms, tau_s=1e9)
     try:
         opts = RequestOptions(["sum"], budget=budget, min_budget=floor, timeout_ms=250)
@@ -159,7 +159,7 @@ def test_property_no_request_is_shed_while_the_compute_thread_is_idle(
         engine.compute.loop_lag_ms = 0.0
         engine.batcher.slowdown.clear()
         engine.batcher.per_instance = Recent(rest=0.0)
-        del engine.tables.trunk_latency_ms[1.0]
+        del engine.tables.trunk_latency_ms["w100"]
 
 
 def test_learnt_estimates_relax_when_no_batch_runs():

@@ -27,7 +27,8 @@ class FakeBackend:
         self.gate = threading.Event()
         self.gate.set()
 
-    def run_trunk(self, width, batch):
+    def run_trunk(self, trunk, batch):
+        width = int(trunk.removeprefix("w")) / 100
         self.gate.wait(timeout=10)
         self.calls.append(("trunk", width, batch[:, 0].tolist()))
         return batch + width
@@ -41,11 +42,12 @@ class FakeBackend:
 
 def plan(width: float, *tasks: str) -> Plan:
     entries = tuple(RouteEntry(t, Route(width, 1, 1.0), 1, width, 1.0) for t in tasks)
-    return Plan(width, entries, 1, width, 1.0)
+    return Plan(Route(width, 1, 1.0).trunk, entries, 1, width, 1.0)
 
 
-def stack(inputs):
-    return np.concatenate(inputs)
+def batches(inputs):
+    batch = np.concatenate(inputs)
+    return [(np.arange(len(batch)), batch)]
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def setup():
 
     def make(**kw) -> Batcher:
         args = {"max_batch_size": 64, "batch_wait_ms": 0, "max_queue": 1024} | kw
-        b = Batcher(backend, stack, compute, **args)
+        b = Batcher(backend, batches, compute, **args)
         b.start()
         return b
 
@@ -258,7 +260,7 @@ def test_a_batch_is_cut_where_a_deadline_would_pass_and_late_requests_never_run(
     compute = ComputeScheduler()
 
     async def main():
-        b = Batcher(backend, stack, compute, 64, 0, 1024, batch_estimate=lambda w, size, rows: 10.0 * size)
+        b = Batcher(backend, batches, compute, 64, 0, 1024, batch_estimate=lambda w, size, rows: 10.0 * size)
         b.start()
         due = time.monotonic() + 0.05
         pair = [b.submit(item([v, v, v], plan(1.0, "a"), deadline=due)) for v in (1, 2)]

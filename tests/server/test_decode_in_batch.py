@@ -30,7 +30,7 @@ def reference(scenes):
     backend = build_backend("torch", adapter, Settings(threads=1), {e.task: [e.route] for e in plan.entries})
     images = scenes.images[:3]
     decoded = np.concatenate([adapter.decode_instance(im.tolist(), "image") for im in images])
-    outputs = run_batch(backend, adapter.stack, plan.width, [WorkItem(decoded, plan)]).outputs[0]
+    outputs = run_batch(backend, adapter.batches, plan.trunk, [WorkItem(decoded, plan)]).outputs[0]
     per_instance = [
         {t: kind(adapter.tasks[t].kind).to_json(outputs[t][i], adapter.tasks[t].labels, {}) for t in TASKS}
         for i in range(len(images))
