@@ -94,6 +94,15 @@ class ModelAdapter:
         """An OIP input tensor -> the model's input batch (raises InputError)."""
         raise NotImplementedError
 
+    def join(self, decoded: list):
+        """One request's instances decoded one by one (/v1) -> the request's decoded inputs."""
+        return np.concatenate(decoded)
+
+    def describe(self, decoded, routes: dict[str, Route]) -> dict | None:
+        """Receipt fields that depend on the inputs (text: tokens, truncated, FLOPs at the
+        request's length), or None."""
+        return None
+
     def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Requests' decoded inputs -> one batch for the trunk."""
         return np.concatenate(inputs)
@@ -129,8 +138,11 @@ class ModelAdapter:
     def fingerprint(self) -> str:
         """A hash of the checkpoint's files: keys caches (ONNX graphs, calibration)."""
         digest = hashlib.sha256(self.family.encode())
-        for file in sorted(p for p in self.path.iterdir() if p.is_file()):
-            digest.update(file.name.encode())
+        files = (
+            p for p in self.path.rglob("*") if p.is_file() and p.relative_to(self.path).parts[0] != "onnx"
+        )
+        for file in sorted(files):
+            digest.update(str(file.relative_to(self.path)).encode())
             digest.update(hashlib.sha256(file.read_bytes()).digest())
         return digest.hexdigest()[:16]
 
@@ -154,9 +166,10 @@ def family_of(path: Path) -> str:
 
 def load_adapter(path: str | Path, name: str | None = None, version: str = "1") -> ModelAdapter:
     """The adapter of the checkpoint at `path` (a directory or a bundled model's name)."""
-    from models import (
-        checkpoint,  # noqa: PLC0415 - families import this module
-        image,  # noqa: F401, PLC0415 - registers the bundled families
+    from models import (  # noqa: PLC0415 - the families import this module
+        checkpoint,
+        image,  # noqa: F401 - importing a family registers it
+        text,  # noqa: F401
     )
 
     path = checkpoint.resolve(path)

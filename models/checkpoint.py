@@ -57,7 +57,7 @@ def _load_config(path: Path) -> ModelConfig:
         raise CheckpointError(f"{path / 'config.json'} is invalid: {e}") from None
 
 
-def _load_tables(path: Path, cfg: ModelConfig) -> dict[str, list[dict]]:
+def load_tables(path: Path, cfg) -> dict[str, list[dict]]:
     file = path / "routes.json"
     try:
         tables = json.loads(file.read_text())
@@ -87,7 +87,7 @@ def load(path_or_name: str | Path) -> tuple[TaskRoutedModel, dict[str, list[dict
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing {missing}")
     cfg = _load_config(path)
-    tables = _load_tables(path, cfg)
+    tables = load_tables(path, cfg)
     try:
         state = load_file(path / "model.safetensors")
     except (SafetensorError, OSError) as e:

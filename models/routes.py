@@ -40,7 +40,9 @@ class Route:
     def parse(cls, route_id: str) -> Route:
         m = _ROUTE_ID.match(route_id)
         if not m:
-            raise ValueError(f"malformed route id {route_id!r}, expected like 'w50-k2-d50' or 'L4-w50-k2-d50'")
+            raise ValueError(
+                f"malformed route id {route_id!r}, expected like 'w50-k2-d50' or 'L4-w50-k2-d50'"
+            )
         depth = int(m[1]) if m[1] else None
         return cls(int(m[2]) / 100, int(m[3]), int(m[4]) / 100, depth)
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from models.checkpoint import CheckpointError
 from models.config import TaskSpec
 from models.kinds import kind
 from models.layers import TaskExperts, _copy_linear, reorder_hidden_
@@ -138,7 +139,7 @@ def text_tasks_config(**overrides) -> TextConfig:
 
 
 # -- the base: files, hash, tokenizer -----------------------------------------------------
-class BaseError(ValueError):
+class BaseError(CheckpointError):
     """The pretrained base is missing or is not the one the checkpoint was trained on."""
 
 
@@ -329,13 +330,22 @@ class ZoneLayer(nn.Module):
         self.experts = TaskExperts(cfg.dim, cfg.num_experts, cfg.expert_hidden, len(cfg.tasks))
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, heads: int, task: int, k: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        heads: int,
+        task: int,
+        k: int,
+        experts: TaskExperts | None = None,
+    ) -> torch.Tensor:
+        """`experts`: an added task's own experts instead of the layer's (its task index 0)."""
         x = self.attn(x, bias, heads)
-        return self.norm(x + self.experts(x, task, k))
+        return self.norm(x + (experts or self.experts)(x, task, k))
 
     @torch.no_grad()
-    def slice(self, heads: int, task: int, k: int) -> EncoderLayer:
-        return _plain_layer(self.attn, heads, self.experts.merged(task, k), self.norm)
+    def slice(self, heads: int, task: int, k: int, experts: TaskExperts | None = None) -> EncoderLayer:
+        return _plain_layer(self.attn, heads, (experts or self.experts).merged(task, k), self.norm)
 
     @torch.no_grad()
     def init_experts_(self, fc1: torch.Tensor, b1: torch.Tensor, fc2: torch.Tensor, b2: torch.Tensor) -> None:
@@ -351,6 +361,26 @@ class ZoneLayer(nn.Module):
     @torch.no_grad()
     def reorder_(self) -> dict[str, torch.Tensor]:
         return {"head_order": self.attn.reorder_()}
+
+
+class AddedTask(nn.Module):
+    """A task added to a trained model (`trunkline add-task`): its own experts in every zone
+    layer (copies of the layer's experts to start from) with its gate over them, and its
+    head. Everything else stays as it was: the shared weights are frozen and not rewritten."""
+
+    def __init__(self, cfg: TextConfig, spec: TaskSpec) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(
+            TaskExperts(cfg.dim, cfg.num_experts, cfg.expert_hidden, 1) for _ in range(cfg.zone_depth)
+        )
+        self.head = TextHead(cfg.dim, spec.decoder_hidden, spec.num_classes)
+
+    @torch.no_grad()
+    def init_from_(self, zone: nn.ModuleList) -> None:
+        for mine, layer in zip(self.experts, zone):
+            for name in ("w1", "b1", "w2", "b2"):
+                getattr(mine, name).copy_(getattr(layer.experts, name))
+            mine.gate.copy_(torch.randn_like(mine.gate) * 0.01)
 
 
 def _plain_layer(attn: SlimAttention, heads: int, ffn: tuple, norm2: nn.LayerNorm) -> EncoderLayer:
@@ -473,6 +503,7 @@ class TextRoutedModel(nn.Module):
         self.heads = nn.ModuleDict(
             {t.name: TextHead(cfg.dim, t.decoder_hidden, t.num_classes) for t in cfg.tasks}
         )
+        self.added = nn.ModuleDict()  # tasks added later, stored beside the checkpoint
         # importance orders of heads / FFN neurons per layer (identity until reordered)
         for i in range(cfg.layers):
             self.register_buffer(f"head_order_{i}", torch.arange(cfg.heads * cfg.head_dim))
@@ -519,12 +550,42 @@ class TextRoutedModel(nn.Module):
             layer.norm.bias.copy_(state[f"{p}output.LayerNorm.bias"])
 
     def delta_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores: everything but the frozen base (embeddings, `.base`)."""
+        """What a checkpoint stores: everything but the frozen base (embeddings, `.base`) and
+        the added tasks (each in its own file)."""
         return {
             k: v.detach().contiguous()
             for k, v in self.state_dict().items()
-            if not k.startswith("embeddings.") and not k.endswith(".base")
+            if not k.startswith(("embeddings.", "added.")) and not k.endswith(".base")
         }
+
+    # -- added tasks --------------------------------------------------------------------
+    def add_task(self, spec: TaskSpec) -> AddedTask:
+        if spec.name in self.cfg.task_names:
+            raise ValueError(f"model {self.cfg.name!r} already has a task {spec.name!r}")
+        self.added[spec.name] = AddedTask(self.cfg, spec)
+        self.cfg = self.cfg.model_copy(update={"tasks": [*self.cfg.tasks, spec]})
+        return self.added[spec.name]
+
+    def without_tasks(self, names: set[str]) -> None:
+        """Stop offering tasks (`trunkline remove-task`): their weights stay, unused."""
+        self.cfg = self.cfg.model_copy(update={"tasks": [t for t in self.cfg.tasks if t.name not in names]})
+
+    def _zone_experts(self, task: str) -> tuple[int, list]:
+        """(gate row, experts per zone layer) of a task: the layers' own, or an added task's."""
+        if task in self.added:
+            return 0, list(self.added[task].experts)
+        return self.task_index[task], [None] * len(self.zone)
+
+    def head(self, task: str) -> TextHead:
+        return self.added[task].head if task in self.added else self.heads[task]
+
+    def forward_zone(
+        self, tokens: torch.Tensor, bias: torch.Tensor, task: str, heads: int, k: int
+    ) -> torch.Tensor:
+        t, experts = self._zone_experts(task)
+        for layer, own in zip(self.zone, experts):
+            tokens = layer(tokens, bias, heads, t, k, own)
+        return tokens
 
     # -- running a route inside the full model (training, reference) --------------------
     def forward_trunk(self, batch: torch.Tensor, route: Route) -> torch.Tensor:
@@ -540,11 +601,8 @@ class TextRoutedModel(nn.Module):
     ) -> torch.Tensor:
         """Logits of one task's path at `route`, from trunk tokens."""
         heads, _ = self.dims(route.width)
-        bias = mask_bias(batch[:, 1])
-        t = self.task_index[task]
-        for layer in self.zone:
-            tokens = layer(tokens, bias, heads, t, route.experts)
-        return self.heads[task](tokens, batch[:, 1], route.decoder_width)
+        tokens = self.forward_zone(tokens, mask_bias(batch[:, 1]), task, heads, route.experts)
+        return self.head(task)(tokens, batch[:, 1], route.decoder_width)
 
     def forward(self, batch: torch.Tensor, tasks: list[str], route: Route) -> dict[str, torch.Tensor]:
         tokens = self.forward_trunk(batch, route)
@@ -557,23 +615,23 @@ class TextRoutedModel(nn.Module):
 
     # -- subnetworks --------------------------------------------------------------------
     def experts(self, task: str, k: int) -> list[list[int]]:
-        return [layer.experts.experts_for(self.task_index[task], k) for layer in self.zone]
+        t, experts = self._zone_experts(task)
+        return [(own or layer.experts).experts_for(t, k) for layer, own in zip(self.zone, experts)]
 
     @torch.no_grad()
     def extract_trunk(self, route: Route) -> TextTrunk:
         heads, hidden = self.dims(route.width)
         layers = [layer.slice(heads, hidden) for layer in self.trunk[: route.depth - self.cfg.zone_depth]]
-        embeddings = Embeddings(self.cfg)
-        embeddings.load_state_dict(self.embeddings.state_dict())
-        return TextTrunk(embeddings, layers).eval().requires_grad_(False)
+        # the embeddings are frozen and the same for every route: shared, not copied (47 MB)
+        return TextTrunk(self.embeddings, layers).eval().requires_grad_(False)
 
     @torch.no_grad()
     def extract_path(self, task: str, route: Route) -> TextPath:
         route.check(self.cfg)
         heads, _ = self.dims(route.width)
-        t = self.task_index[task]
-        layers = [layer.slice(heads, t, route.experts) for layer in self.zone]
-        path = TextPath(self.cfg.task(task).kind, layers, self.heads[task].slice(route.decoder_width))
+        t, experts = self._zone_experts(task)
+        layers = [layer.slice(heads, t, route.experts, own) for layer, own in zip(self.zone, experts)]
+        path = TextPath(self.cfg.task(task).kind, layers, self.head(task).slice(route.decoder_width))
         return path.eval().requires_grad_(False)
 
     def extract(self, routes: dict[str, Route]) -> TextRouteModule:

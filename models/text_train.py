@@ -54,6 +54,7 @@ class TextRecipe:
     sampling_power: float = 0.5  # rows per task in a batch ~ (task size) ** power
     train_tokens: int = 64
     val_rows: int = 1200  # per task, for route tables
+    test_rows: int | None = None  # per task, for the card (None: the whole held-out split)
     log_every: int = 50
     seed: int = 0
     threads: int = 2
@@ -77,6 +78,7 @@ RECIPES = {
         sandwich_steps=4,
         warmup_steps=2,
         val_rows=24,
+        test_rows=48,
         log_every=2,
     ),
 }
@@ -273,7 +275,7 @@ class TextTrainer:
         r, model = self.recipe, self.model.eval()
         val = {name: _head(task.split("validation"), r.val_rows) for name, task in self.data.items()}
         tables = build_route_tables(model, self.encoder, val)
-        test = {name: task.split("test") for name, task in self.data.items()}
+        test = {name: _head(task.split("test"), r.test_rows or len(task)) for name, task in self.data.items()}
         test_metrics = test_metrics_by_tier(model, self.encoder, tables, test)
         minutes = (time.perf_counter() - self.started) / 60
         self.log(phase="done", minutes=round(minutes, 1), test=test_metrics)
@@ -298,16 +300,12 @@ def route_scores(model: TextRoutedModel, encoder: Encoder, val: dict[str, TextTa
             for batch, targets in _sorted_batches(encoder, task, 64):
                 for rt0 in {Route(w, 1, 1.0, d) for d in space.depths for w in space.widths}:
                     tokens = model.forward_trunk(batch, rt0)
+                    heads, _ = model.dims(rt0.width)
                     for k in space.experts:
-                        zone = Route(rt0.width, k, 1.0, rt0.depth)
-                        t = model.task_index[name]
-                        heads, _ = model.dims(rt0.width)
-                        x, bias = tokens, mask_bias(batch[:, 1])
-                        for layer in model.zone:
-                            x = layer(x, bias, heads, t, zone.experts)
+                        x = model.forward_zone(tokens, mask_bias(batch[:, 1]), name, heads, k)
                         for dw in space.decoder_widths:
                             rt = Route(rt0.width, k, dw, rt0.depth)
-                            out = kind(spec.kind).activate(model.heads[name](x, batch[:, 1], dw))
+                            out = kind(spec.kind).activate(model.head(name)(x, batch[:, 1], dw))
                             meters[rt].update(out, targets)
         scores[name] = {rt: m.value() for rt, m in meters.items()}
     return scores
@@ -413,3 +411,114 @@ def train(recipe_name: str, out: str | Path, **overrides) -> dict:
     trainer.log(phase="reorder")
     trainer._run("sandwich", recipe.sandwich_steps, students=True)
     return trainer.finish()
+
+
+# -- adding a task to a trained model ----------------------------------------------------
+@dataclass
+class AddTaskRecipe:
+    epochs: float = 3.0
+    max_steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3  # gate, head
+    expert_lr: float = 2e-4
+    random_routes: int = 1
+    distill_weight: float = 0.5
+    train_tokens: int = 64
+    val_rows: int = 1000
+    seed: int = 0
+    threads: int = 2
+
+
+def add_task(model_dir: str | Path, task: TextTask, recipe: AddTaskRecipe | None = None) -> dict:
+    """Train a new task's experts and head on the frozen model, build its route table on
+    its validation rows, and write it beside the checkpoint (tasks/NAME.safetensors and
+    tasks/NAME.json). No existing file is rewritten."""
+    from models.config import TaskSpec
+    from models.text import TASKS_DIR, load_checkpoint
+
+    r = recipe or AddTaskRecipe()
+    started = time.perf_counter()
+    torch.manual_seed(r.seed)
+    torch.set_num_threads(r.threads)
+    model_dir = Path(model_dir)
+    folder = model_dir / TASKS_DIR
+    if (folder / f"{task.name}.json").exists():
+        raise ValueError(f"{model_dir} already has an added task {task.name!r}; remove it first")
+    model, _ = load_checkpoint(model_dir)
+    spec = TaskSpec(name=task.name, kind=task.kind, labels=task.labels, decoder_hidden=256)
+    added = model.add_task(spec)
+    added.init_from_(model.zone)
+    cfg, encoder = model.cfg, Encoder(model.cfg, r.train_tokens)
+    train, val, test = (task.split(s) for s in ("train", "validation", "test"))
+    if len(train) < 2 or len(val) < 1:
+        raise ValueError(f"task {task.name!r} has too few rows ({len(task)}) for its train/validation split")
+    stream = _Stream(encoder.ids(train.texts), train.targets, r.seed)
+    steps = min(r.max_steps, max(1, round(r.epochs * len(train) / r.batch_size)))
+    experts = [p for n, p in added.named_parameters() if n.startswith("experts.") and not n.endswith("gate")]
+    rest = [
+        p for n, p in added.named_parameters() if not (n.startswith("experts.") and not n.endswith("gate"))
+    ]
+    opt = torch.optim.AdamW(
+        [
+            {"params": experts, "lr": r.expert_lr, "base_lr": r.expert_lr},
+            {"params": rest, "lr": r.lr, "base_lr": r.lr},
+        ]
+    )
+    k, full, routes = kind(spec.kind), full_route(cfg), all_routes(cfg)
+    smallest = min(routes, key=lambda x: request_flops(cfg, {task.name: x}, 32))
+    rng = random.Random(r.seed)
+    added.train()
+    for step in tqdm(range(steps), desc=f"add-task {task.name}", dynamic_ncols=True):
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _lr_at(step, steps, max(1, steps // 20))
+        ids, targets = stream.take(min(r.batch_size, len(train)))
+        batch, target = Encoder.pad(ids), torch.from_numpy(targets)
+        opt.zero_grad(set_to_none=True)
+        teacher = None
+        for route in [full, smallest] + rng.sample(routes, r.random_routes):
+            with torch.no_grad():  # the shared trunk is frozen
+                tokens = model.forward_trunk(batch, route)
+            out = model.forward_task(tokens, batch, task.name, route)
+            loss = k.loss(out, target)
+            if teacher is None:
+                teacher = out.detach()
+            else:
+                loss = (1 - r.distill_weight) * loss + r.distill_weight * k.distill(out, teacher)
+            loss.backward()
+        opt.step()
+    model.eval()
+    table = build_route_tables(model, encoder, {task.name: _head(val, r.val_rows)})
+    test_metrics = test_metrics_by_tier(model, encoder, table, {task.name: test}) if len(test) else {}
+    folder.mkdir(exist_ok=True)
+    state = {k_: v.detach().contiguous() for k_, v in added.state_dict().items()}
+    save_file(state, folder / f"{task.name}.safetensors", metadata={"format": "pt"})
+    minutes = (time.perf_counter() - started) / 60
+    info = {
+        "spec": spec.model_dump(),
+        "routes": table[task.name],
+        "test": test_metrics.get(task.name),
+        "rows": {"train": len(train), "validation": len(val), "test": len(test)},
+        "steps": steps,
+        "minutes": round(minutes, 2),
+    }
+    (folder / f"{task.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def remove_task(model_dir: str | Path, name: str) -> None:
+    """Stop offering a task: an added task's files are deleted; a trained-in task is listed
+    in tasks/removed.json (its weights stay in the shared file, untouched)."""
+    from models.text import REMOVED, TASKS_DIR
+
+    folder = Path(model_dir) / TASKS_DIR
+    cfg = TextConfig.model_validate_json((Path(model_dir) / "config.json").read_text())
+    if (folder / f"{name}.json").exists():
+        (folder / f"{name}.json").unlink()
+        (folder / f"{name}.safetensors").unlink(missing_ok=True)
+        return
+    if name not in cfg.task_names:
+        raise ValueError(f"model {cfg.name!r} has no task {name!r}")
+    removed_file = folder / REMOVED
+    removed = set(json.loads(removed_file.read_text())) if removed_file.exists() else set()
+    folder.mkdir(exist_ok=True)
+    removed_file.write_text(json.dumps(sorted(removed | {name})) + "\n")

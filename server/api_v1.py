@@ -81,7 +81,7 @@ def decode_inputs(req: PredictRequest, adapter: ModelAdapter) -> np.ndarray:
     """Each instance's value -> the adapter's decoded batch."""
     name = adapter.input_name
     decoded = [adapter.decode_instance(x[name], f"inputs.{i}.{name}") for i, x in enumerate(req.inputs)]
-    return np.concatenate(decoded)
+    return adapter.join(decoded)
 
 
 @router.post(

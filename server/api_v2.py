@@ -190,7 +190,9 @@ def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
 
 def flat_receipt(receipt: dict) -> dict:
     """OIP parameters are scalars: the receipt flattened, routes as `route.<task>`."""
-    flat = {k: v for k, v in receipt.items() if k != "tasks"}
+    flat = {k: v for k, v in receipt.items() if k != "tasks" and v is not None}
+    if "tokens" in flat:  # per instance: a scalar string "12,7"
+        flat["tokens"] = ",".join(map(str, flat["tokens"]))
     for task, r in receipt["tasks"].items():
         flat[f"route.{task}"] = r["route"]
     return flat

@@ -55,6 +55,7 @@ class WorkItem:
     priority: int = 0  # lower runs first
     n: int = -1  # instances; taken from `inputs` when they come decoded
     encode: Encode | None = None
+    describe: Callable[[Any], dict | None] | None = None  # receipt fields from the decoded inputs
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
     seq: int = field(default_factory=lambda: next(_order))
@@ -97,6 +98,7 @@ class BatchResult:
     decode_ms: float = 0.0  # the batch's decoding and encoding, also on the compute thread
     encode_ms: float = 0.0
     encoded: Any = None  # what the item's `encode` made of its outputs
+    info: dict | None = None  # what the item's `describe` said of its decoded inputs
 
 
 @dataclass
@@ -107,6 +109,7 @@ class BatchRun:
 
     outputs: list[dict[str, np.ndarray] | BaseException]
     encoded: list[Any]
+    info: list[dict | None]
     decode_ms: float
     compute_ms: float
     encode_ms: float
@@ -130,10 +133,13 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
     inputs such as text."""
     t0 = time.perf_counter()
     outputs: list = [None] * len(items)
+    info: list = [None] * len(items)
     arrays, good = [], []
     for i, it in enumerate(items):
         try:
-            arrays.append(_decode(it))
+            array = _decode(it)
+            info[i] = it.describe(array) if it.describe is not None else None
+            arrays.append(array)
             good.append(i)
         except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
             outputs[i] = exc
@@ -150,7 +156,7 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
             except Exception as exc:  # noqa: BLE001
                 outputs[i] = exc
     t3 = time.perf_counter()
-    return BatchRun(outputs, encoded, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+    return BatchRun(outputs, encoded, info, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
 
 
 def _forward(
@@ -386,7 +392,7 @@ class Batcher:
             )
         if self.on_batch:
             self.on_batch(size, trunk)
-        for it, out, encoded in zip(items, run.outputs, run.encoded):
+        for it, out, encoded, info in zip(items, run.outputs, run.encoded, run.info):
             if it.future.done():
                 continue
             if isinstance(out, BaseException):
@@ -394,5 +400,5 @@ class Batcher:
                 continue
             queue_ms = (started - it.enqueued) * 1000
             it.future.set_result(
-                BatchResult(out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded)
+                BatchResult(out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded, info)
             )

@@ -41,14 +41,32 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from models.train import train
+    from models import text_train, train
 
     overrides = {
         k: v
         for k, v in (("full_steps", args.full_steps), ("sandwich_steps", args.sandwich_steps))
         if v is not None
     }
-    print(json.dumps(train(args.recipe, args.out, **overrides), indent=2))
+    recipes = {**{n: train.train for n in train.RECIPES}, **{n: text_train.train for n in text_train.RECIPES}}
+    if args.recipe not in recipes:
+        sys.exit(f"unknown recipe {args.recipe!r}; known: {sorted(recipes)}")
+    print(json.dumps(recipes[args.recipe](args.recipe, args.out, **overrides), indent=2))
+
+
+def _add_task(args: argparse.Namespace) -> None:
+    from models.text_data import load_csv_task
+    from models.text_train import add_task
+
+    task = load_csv_task(args.data, args.task, args.text_column, args.label_column, args.kind)
+    print(json.dumps(add_task(args.model, task), indent=2))
+
+
+def _remove_task(args: argparse.Namespace) -> None:
+    from models.text_train import remove_task
+
+    remove_task(args.model, args.task)
+    print(f"task {args.task!r} removed from {args.model}; reload the model to apply")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -88,17 +106,25 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    """Every trunk and task path of the route tables, through the model's adapter (any family)."""
     from pathlib import Path
 
-    from models import checkpoint
-    from models.export import export_routes
+    from models.adapter import load_adapter
+    from models.export import path_file, trunk_file
     from models.routes import Route
 
-    model, tables = checkpoint.load(args.model)
-    routes = {t: [Route.parse(r["id"]) for r in rows] for t, rows in tables.items()}
-    out = Path(args.out or checkpoint.resolve(args.model) / "onnx")
-    written = export_routes(model, routes, out, force=True)
-    print(f"wrote {len(written)} ONNX graphs to {out}")
+    adapter = load_adapter(args.model)
+    routes = {t: [Route.parse(r["id"]) for r in rows] for t, rows in adapter.route_rows.items()}
+    out = Path(args.out or adapter.path / "onnx")
+    written = 0
+    for route in {r.trunk: r for rs in routes.values() for r in rs}.values():
+        adapter.export_trunk(route, out / trunk_file(route))
+        written += 1
+    for task, rs in routes.items():
+        for route in rs:
+            adapter.export_path(task, route, out / path_file(task, route))
+            written += 1
+    print(f"wrote {written} ONNX graphs to {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,6 +179,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", help="directory (default: <checkpoint>/onnx)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "add-task", help="train a new task on a text model's frozen encoder, beside its checkpoint"
+    )
+    p.add_argument("--model", required=True, help="the text model's checkpoint directory")
+    p.add_argument("--task", required=True, help="the new task's name")
+    p.add_argument("--data", required=True, help="a CSV file with a header")
+    p.add_argument("--text-column", dest="text_column", required=True)
+    p.add_argument("--label-column", dest="label_column", required=True)
+    p.add_argument("--kind", choices=["classification", "regression"], default="classification")
+    p.set_defaults(func=_add_task)
+
+    p = sub.add_parser("remove-task", help="stop offering a task of a text model (reload to apply)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.set_defaults(func=_remove_task)
 
     p = sub.add_parser("predict", help="send images to a server (the client)", add_help=False)
     p.set_defaults(func=None)

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -298,7 +299,10 @@ class Engine:
         decode them (`n` instances) and `encode` what to make of the outputs: both then run
         in the batch, on the compute thread."""
         plan, m, name = admission.plan, self.metrics, self.name
-        item = WorkItem(inputs, plan, admission.deadline, admission.priority, n=n, encode=encode)
+        describe = partial(self.adapter.describe, routes=plan.routes)
+        item = WorkItem(
+            inputs, plan, admission.deadline, admission.priority, n=n, encode=encode, describe=describe
+        )
         m.in_flight.labels(name).inc()
         m.queue_depth.labels(name).set(self.batcher.queued + len(item))
         try:
@@ -335,6 +339,7 @@ class Engine:
 
     def receipt(self, p: Prediction) -> Receipt:
         plan, a = p.admission.plan, p.admission
+        info = p.result.info or {}
         return Receipt.model_construct(
             tasks={
                 e.task: TaskReceipt.model_construct(
@@ -347,8 +352,11 @@ class Engine:
                 for e in plan.entries
             },
             trunk_width=plan.width,
-            flops=plan.flops,
-            flops_fraction=round(plan.flops_fraction, 4),
+            depth=plan.depth,
+            flops=info.get("flops", plan.flops),
+            flops_fraction=info.get("flops_fraction", round(plan.flops_fraction, 4)),
+            tokens=info.get("tokens"),
+            truncated=info.get("truncated"),
             budget_requested=a.budget.label,
             degraded=a.degraded,
             backend=self.backend.name,

@@ -67,8 +67,11 @@ class Receipt(_Answer):
 
     tasks: dict[str, TaskReceipt]
     trunk_width: float
-    flops: int
+    depth: int | None = Field(None, description="encoder layers run (families slimmable by depth)")
+    flops: int = Field(description="FLOPs per sample of what ran (text: at the request's token length)")
     flops_fraction: float
+    tokens: list[int] | None = Field(None, description="text: tokens per instance, after truncation")
+    truncated: bool | None = Field(None, description="text: whether an instance was cut to the token limit")
     budget_requested: str
     degraded: bool
     backend: str
