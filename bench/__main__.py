@@ -6,7 +6,7 @@
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
 Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
-repository, startup, workers.
+repository, startup, workers, text-quality, text-serving.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench import model_level, overhead, report, repository, serving, workers
+from bench import model_level, overhead, report, repository, serving, text, workers
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
@@ -27,7 +27,8 @@ from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
 HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers"]
-ALL = MODEL_LEVEL + HTTP
+TEXT = ["text-quality", "text-serving"]
+ALL = MODEL_LEVEL + HTTP + TEXT
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,6 +101,13 @@ def main(argv: list[str] | None = None) -> dict:
             step("startup", repository.startup, scale, args.threads, args.port + 21)
         if "workers" in wanted:
             step("workers", workers.workers, images, scale, args.threads, args.port + 22)
+
+    if "text-quality" in wanted:
+        step("text_quality", text.quality, scale, args.threads)
+        q = results["text_quality"]
+        q["plot"] = text.frontier_plot(q["frontier"], q["rows"], args.out)
+    if "text-serving" in wanted:
+        step("text_serving", text.serving, scale, args.threads, args.port + 30)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

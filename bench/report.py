@@ -27,6 +27,8 @@ TITLES = {
     "startup": "11. Time to ready, cold and warm caches",
     "overhead": "12. Server overhead at batch 1 (end to end minus in-process compute) and its timers",
     "workers": "13. --workers: processes against threads at saturation (mixed one-image traffic)",
+    "text_quality": "14. Text model: quality on the held-out split against baselines (a) and (b)",
+    "text_serving": "15. Text model: serving beside mnist-scenes",
 }
 
 
@@ -157,7 +159,8 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
     for key, title in TITLES.items():
         if key not in results:
             continue
-        extra = {k: v for k, v in results[key].items() if k not in ("rows", "goals")}
+        extra = {k: v for k, v in results[key].items() if k not in ("rows", "goals", "frontier", "plot")}
+        extra = {k: v for k, v in extra.items() if not isinstance(v, (list, dict)) or len(str(v)) < 300}
         md.append(f"## {title}\n")
         if extra:
             md.append(", ".join(f"{k}: {v}" for k, v in extra.items()) + "\n")
@@ -165,6 +168,11 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
         plot = images.get(key.removesuffix("_http"))
         if plot and not key.endswith("_http"):
             md.append(f"![{key}](plots/{plot})\n")
+        if "frontier" in results[key]:
+            md.append("Every route of every task on the held-out split (the accuracy-vs-FLOPs frontier):\n")
+            md.append(table(results[key]["frontier"]))
+        if "plot" in results[key]:
+            md.append(f"![{key}]({results[key]['plot']})\n")
     flames = sorted((out / "flamegraphs").glob("*.svg")) if (out / "flamegraphs").is_dir() else []
     if flames:
         md.append("## Flame graphs of the server at saturation (`python -m bench.flamegraph`)\n")

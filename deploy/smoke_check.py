@@ -53,6 +53,35 @@ def main(url: str) -> None:
     receipt = answer["parameters"]
     assert receipt["flops_fraction"] <= 0.5, receipt
     print(f"/v2/models/{MODEL}/infer ok: receipt flops_fraction {receipt['flops_fraction']:.3f}")
+    check_text(url)
+
+
+def check_text(url: str) -> None:
+    """The bundled text model beside mnist-scenes: v1 text and v2 BYTES."""
+    texts = ["Where is the Eiffel Tower ?", "URGENT! You have won a 1 week FREE membership, call now"]
+    r = httpx.post(
+        f"{url}/v1/predict",
+        json={
+            "model": "text-tasks",
+            "tasks": ["question_type", "spam"],
+            "inputs": [{"text": t} for t in texts],
+        },
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["outputs"][0]["question_type"]["label"] == "LOC", out["outputs"]
+    assert out["outputs"][1]["spam"]["label"] == "spam", out["outputs"]
+    assert len(out["route"]["tokens"]) == 2, out["route"]
+    body = {
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts}],
+        "parameters": {"task": "sentiment_score", "budget": "low"},
+    }
+    r = httpx.post(f"{url}/v2/models/text-tasks/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    values = {o["name"]: o for o in r.json()["outputs"]}["sentiment_score_value"]["data"]
+    assert len(values) == 2 and r.json()["parameters"]["flops_fraction"] <= 0.25
+    print(f"text-tasks ok: v1 question_type + spam, v2 sentiment_score {values}")
 
 
 if __name__ == "__main__":

@@ -703,3 +703,35 @@ def all_routes(cfg: TextConfig) -> list[Route]:
 def full_flops(cfg: TextConfig, tasks: list[str], tokens: int) -> int:
     full = full_route(cfg)
     return request_flops(cfg, {t: full for t in tasks}, tokens)
+
+
+def base_encoder(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextTrunk:
+    """The pretrained encoder as it ships (all layers, full width, no experts): what the
+    baselines fine-tune or probe."""
+    embeddings = Embeddings(cfg)
+    layers = []
+    for i in range(cfg.layers):
+        p = f"encoder.layer.{i}."
+        layer = EncoderLayer(cfg.dim, cfg.heads, cfg.head_dim, cfg.ffn, cfg.ln_eps)
+        with torch.no_grad():
+            for name, key in (("q", "query"), ("k", "key"), ("v", "value")):
+                getattr(layer, name).weight.copy_(state[f"{p}attention.self.{key}.weight"])
+                getattr(layer, name).bias.copy_(state[f"{p}attention.self.{key}.bias"])
+            layer.o.weight.copy_(state[f"{p}attention.output.dense.weight"])
+            layer.o.bias.copy_(state[f"{p}attention.output.dense.bias"])
+            layer.norm1.weight.copy_(state[f"{p}attention.output.LayerNorm.weight"])
+            layer.norm1.bias.copy_(state[f"{p}attention.output.LayerNorm.bias"])
+            layer.fc1.weight.copy_(state[f"{p}intermediate.dense.weight"])
+            layer.fc1.bias.copy_(state[f"{p}intermediate.dense.bias"])
+            layer.fc2.weight.copy_(state[f"{p}output.dense.weight"])
+            layer.fc2.bias.copy_(state[f"{p}output.dense.bias"])
+            layer.norm2.weight.copy_(state[f"{p}output.LayerNorm.weight"])
+            layer.norm2.bias.copy_(state[f"{p}output.LayerNorm.bias"])
+        layers.append(layer)
+    with torch.no_grad():
+        embeddings.word.weight.copy_(state["embeddings.word_embeddings.weight"])
+        embeddings.position.weight.copy_(state["embeddings.position_embeddings.weight"])
+        embeddings.token_type.weight.copy_(state["embeddings.token_type_embeddings.weight"])
+        embeddings.norm.weight.copy_(state["embeddings.LayerNorm.weight"])
+        embeddings.norm.bias.copy_(state["embeddings.LayerNorm.bias"])
+    return TextTrunk(embeddings, layers)
