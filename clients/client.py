@@ -79,6 +79,9 @@ class Receipt:
     batch_size: int
     queue_ms: float
     compute_ms: float
+    depth: int | None = None  # encoder layers run (text models)
+    tokens: list[int] | None = None  # per instance, after truncation (text models)
+    truncated: bool | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -98,8 +101,10 @@ class Prediction:
     raw: dict = field(repr=False, default_factory=dict)
 
     def labels(self, task: str) -> list[Any]:
-        """Per instance: the label (classification), labels (multi-label) or mask (dense)."""
-        return [o[task].get("label", o[task].get("labels", o[task].get("mask"))) for o in self.outputs]
+        """Per instance: the label (classification), labels (multi-label), mask (dense) or value
+        (regression)."""
+        keys = ("label", "labels", "mask", "value")
+        return [next((o[task][k] for k in keys if k in o[task]), None) for o in self.outputs]
 
     @classmethod
     def from_dict(cls, body: dict) -> Prediction:
@@ -165,10 +170,18 @@ class _RequestBuilder:
         task_weights,
         mask_format,
         model,
+        texts=None,
     ) -> dict:
-        if isinstance(images, (str, Path, bytes)) or (isinstance(images, np.ndarray) and images.ndim == 2):
-            images = [images]
-        body: dict[str, Any] = {"inputs": [{"image": encode_image(im)} for im in images]}
+        if texts is not None:  # a text model: one string or a list of them
+            body: dict[str, Any] = {
+                "inputs": [{"text": t} for t in ([texts] if isinstance(texts, str) else texts)]
+            }
+        else:
+            if isinstance(images, (str, Path, bytes)) or (
+                isinstance(images, np.ndarray) and images.ndim == 2
+            ):
+                images = [images]
+            body = {"inputs": [{"image": encode_image(im)} for im in images]}
         if tasks is not None:
             body["tasks"] = list(tasks)
         else:
@@ -236,6 +249,16 @@ class Client(_RequestBuilder):
         )
         return self.prediction(self._send("POST", "/v1/predict", json=payload))
 
+    def predict_text(
+        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, min_budget=None,
+        timeout_ms=None, latency_ms=None, task_weights=None,
+    ) -> Prediction:  # fmt: skip
+        """Texts (one string or a list) to a text model: `predict_text(["hi"], "spam", model="text-tasks")`."""
+        payload = self.predict_payload(
+            None, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, None, model, texts
+        )
+        return self.prediction(self._send("POST", "/v1/predict", json=payload))
+
     def models(self) -> list[dict]:
         return self.json(self._send("GET", "/v1/models"))["models"]
 
@@ -292,6 +315,16 @@ class AsyncClient(_RequestBuilder):
     ) -> Prediction:
         payload = self.predict_payload(
             images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
+        )
+        return self.prediction(await self._send("POST", "/v1/predict", json=payload))
+
+    async def predict_text(
+        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, min_budget=None,
+        timeout_ms=None, latency_ms=None, task_weights=None,
+    ) -> Prediction:  # fmt: skip
+        """Texts (one string or a list) to a text model."""
+        payload = self.predict_payload(
+            None, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, None, model, texts
         )
         return self.prediction(await self._send("POST", "/v1/predict", json=payload))
 

@@ -69,8 +69,49 @@ def _remove_task(args: argparse.Namespace) -> None:
     print(f"task {args.task!r} removed from {args.model}; reload the model to apply")
 
 
+def _eval_text(args: argparse.Namespace) -> None:
+    """Every route (or the one a budget picks) of every task with packaged data, on its
+    held-out split (sha1(text) mod 5 == 0)."""
+    from models.adapter import load_adapter
+    from models.routes import Route
+    from models.text_data import LOADERS, load_task
+    from models.text_train import Encoder, evaluate_module
+    from routing import Budget, RouteTables
+
+    adapter = load_adapter(args.model)
+    model, tables = adapter.model, adapter.route_rows
+    encoder = Encoder(model.cfg, model.cfg.input.max_tokens)
+    routing = RouteTables(adapter, tables)
+    result = {}
+    for task, rows in tables.items():
+        if task not in LOADERS:
+            continue  # an added task: its data is the user's CSV (tasks/<task>.json has its test score)
+        if args.budget is not None:
+            chosen = routing.resolve([task], Budget.from_text(args.budget)).entries[0].id
+            rows = [r for r in rows if r["id"] == chosen]
+        test, spec = load_task(task).split("test"), model.cfg.task(task)
+        result[task] = [
+            {
+                "route": row["id"],
+                "flops_fraction": row["flops_fraction"],
+                "metric": row.get("metric"),
+                "validation": row["score"],
+                "test": round(
+                    evaluate_module(model.extract({task: Route.parse(row["id"])}), encoder, test, spec), 4
+                ),
+            }
+            for row in rows
+        ]
+    print(json.dumps({"model": model.cfg.name, "tasks": result}, indent=2))
+
+
 def _eval(args: argparse.Namespace) -> None:
     from models import checkpoint
+    from models.adapter import family_of
+
+    if family_of(checkpoint.resolve(args.model)) == "text":
+        _eval_text(args)
+        return
     from models.data import make_scenes
     from models.evaluate import evaluate
     from models.routes import ConfigFlops, Route

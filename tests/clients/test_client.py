@@ -25,6 +25,20 @@ def test_sync_client(server, scenes):
         assert set(both.receipt.tasks) == {"count", "presence"}
 
 
+def test_text_through_both_clients(server):
+    with Client(server.url) as c:
+        result = c.predict_text(["Where is Berlin ?", "call now to win"], "question_type", model="text-tasks")
+        assert len(result.labels("question_type")) == 2 and len(result.receipt.tokens) == 2
+        score = c.predict_text("what a wonderful film", "sentiment_score", model="text-tasks", budget="low")
+        assert isinstance(score.labels("sentiment_score")[0], float) and score.receipt.depth >= 2
+
+    async def main():
+        async with AsyncClient(server.url) as c:
+            return await c.predict_text("free entry, text WIN", tasks=["spam", "sentiment"], model="text-tasks")
+
+    assert set(asyncio.run(main()).receipt.tasks) == {"spam", "sentiment"}
+
+
 def test_errors_are_exceptions_with_the_server_message(server, scenes):
     with Client(server.url) as c:
         with pytest.raises(ClientError) as e:
