@@ -253,7 +253,7 @@ class Client(_RequestBuilder):
         self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, min_budget=None,
         timeout_ms=None, latency_ms=None, task_weights=None,
     ) -> Prediction:  # fmt: skip
-        """Texts (one string or a list) to a text model: `predict_text(["hi"], "spam", model="text-tasks")`."""
+        """Texts (a string or a list) to a text model: `predict_text(["hi"], "spam", model="text-tasks")`."""
         payload = self.predict_payload(
             None, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, None, model, texts
         )

@@ -25,6 +25,9 @@ def test_sync_client(server, scenes):
         assert set(both.receipt.tasks) == {"count", "presence"}
 
 
+MODEL = "text-tasks"
+
+
 def test_text_through_both_clients(server):
     with Client(server.url) as c:
         result = c.predict_text(["Where is Berlin ?", "call now to win"], "question_type", model="text-tasks")
@@ -34,7 +37,7 @@ def test_text_through_both_clients(server):
 
     async def main():
         async with AsyncClient(server.url) as c:
-            return await c.predict_text("free entry, text WIN", tasks=["spam", "sentiment"], model="text-tasks")
+            return await c.predict_text("free entry, text WIN", tasks=["spam", "sentiment"], model=MODEL)
 
     assert set(asyncio.run(main()).receipt.tasks) == {"spam", "sentiment"}
 
