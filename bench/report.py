@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from pathlib import Path
 
 import matplotlib
@@ -125,21 +126,51 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _previous(out: Path) -> tuple[dict, list[dict]]:
+    """The sections of an earlier report in `out` and the runs that measured them: a run of some
+    sections replaces those and keeps the others (each section says which run it came from)."""
+    try:
+        data = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}, []
+    runs = data.get("runs") or [
+        {k: data.get(k) for k in ("command", "scale", "minutes")}
+        | {"sections": sorted(data.get("results", {}))}
+    ]
+    return data.get("results", {}), runs
+
+
 def write(results: dict, out: Path, command: str, scale: str, minutes: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
+    kept, runs = _previous(out)
+    kept = {k: v for k, v in kept.items() if k not in results and k in TITLES}
+    runs = [r | {"sections": [s for s in r["sections"] if s in kept]} for r in runs]
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    runs = [r for r in runs if r["sections"]] + [
+        {
+            "command": command,
+            "scale": scale,
+            "minutes": round(minutes, 1),
+            "date": date,
+            "sections": sorted(results),
+        }
+    ]
+    results = {k: (kept | results)[k] for k in TITLES if k in kept | results}
     images = plots(results, out / "plots")
     (out / "results.json").write_text(
-        json.dumps(
-            {"machine": info, "scale": scale, "command": command, "minutes": minutes, "results": results},
-            indent=2,
-        )
+        json.dumps({"machine": info, "runs": runs, "results": results}, indent=2)
     )
     goals = [g | {"section": TITLES[k]} for k, v in results.items() for g in v.get("goals", [])]
     md = [
         "# Trunkline benchmark results\n",
-        f"Command: `{command}` (scale `{scale}`, {minutes:.1f} minutes). "
-        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}. "
+        "Runs: "
+        + "; ".join(
+            f"`{r['command']}` (scale `{r['scale']}`, {round(r['minutes'], 1)} minutes, {r.get('date', 'earlier')}): "
+            f"sections {', '.join(dict.fromkeys(TITLES[s].split('.')[0] for s in TITLES if s in r['sections']))}"
+            for r in runs
+        )
+        + f". Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}. "
         "Every comparison ran side by side in one run, A/B rounds interleaved; numbers are medians "
         "and ratios, and absolute times vary ±30-50% between runs on these shared machines.\n",
         "## Goals\n",
