@@ -140,6 +140,13 @@ def _previous(out: Path) -> tuple[dict, list[dict]]:
     return data.get("results", {}), runs
 
 
+def _run_line(r: dict) -> str:
+    sections = dict.fromkeys(TITLES[s].split(".")[0] for s in TITLES if s in r["sections"])
+    when = r.get("date", "earlier")
+    minutes = round(r["minutes"], 1)
+    return f"`{r['command']}` (scale `{r['scale']}`, {minutes} minutes, {when}): sections {', '.join(sections)}"
+
+
 def write(results: dict, out: Path, command: str, scale: str, minutes: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -165,11 +172,7 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
     md = [
         "# Trunkline benchmark results\n",
         "Runs: "
-        + "; ".join(
-            f"`{r['command']}` (scale `{r['scale']}`, {round(r['minutes'], 1)} minutes, {r.get('date', 'earlier')}): "
-            f"sections {', '.join(dict.fromkeys(TITLES[s].split('.')[0] for s in TITLES if s in r['sections']))}"
-            for r in runs
-        )
+        + "; ".join(_run_line(r) for r in runs)
         + f". Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}. "
         "Every comparison ran side by side in one run, A/B rounds interleaved; numbers are medians "
         "and ratios, and absolute times vary ±30-50% between runs on these shared machines.\n",
