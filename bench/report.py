@@ -144,7 +144,7 @@ def _run_line(r: dict) -> str:
     sections = dict.fromkeys(TITLES[s].split(".")[0] for s in TITLES if s in r["sections"])
     when = r.get("date", "earlier")
     minutes = round(r["minutes"], 1)
-    return f"`{r['command']}` (scale `{r['scale']}`, {minutes} minutes, {when}): sections {', '.join(sections)}"
+    return f"`{r['command']}` (scale `{r['scale']}`, {minutes} min, {when}): sections {', '.join(sections)}"
 
 
 def write(results: dict, out: Path, command: str, scale: str, minutes: float) -> Path:
