@@ -63,7 +63,11 @@ def server():
 
 @pytest.fixture(scope="session")
 def onnx_server(tmp_path_factory):
-    s = RunningServer("onnxruntime", TRUNKLINE_ONNX_DIR=str(tmp_path_factory.mktemp("onnx")))
+    # mnist-scenes only: exporting every text route cold takes ~15 minutes here (the text
+    # model's ONNX parity is tested per route in tests/models/test_text.py)
+    s = RunningServer(
+        "onnxruntime", TRUNKLINE_ONNX_DIR=str(tmp_path_factory.mktemp("onnx")), TRUNKLINE_MODEL="mnist-scenes"
+    )
     s.wait_ready()
     yield s
     s.stop()

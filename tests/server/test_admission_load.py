@@ -19,7 +19,7 @@ from .helpers import payload
 
 @pytest.fixture(scope="module")
 def fresh(scenes):
-    s = RunningServer("torch", TRUNKLINE_THREADS="2")
+    s = RunningServer("torch", TRUNKLINE_THREADS="2", TRUNKLINE_MODEL="mnist-scenes")
     s.wait_ready()
     yield s
     s.stop()

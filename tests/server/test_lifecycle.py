@@ -21,6 +21,7 @@ def in_flight(url: str) -> float:
 def test_ready_after_calibration_and_graceful_drain(scenes):
     s = RunningServer(
         "torch",
+        TRUNKLINE_MODEL="mnist-scenes",
         TRUNKLINE_BATCH_BUCKETS="[1,8,64]",
         TRUNKLINE_CALIBRATION_ROUNDS="3",
         TRUNKLINE_LOG_LEVEL="info",

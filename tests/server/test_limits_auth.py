@@ -15,7 +15,11 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def strict_server():
     s = RunningServer(
-        "torch", TRUNKLINE_AUTH_TOKEN=TOKEN, TRUNKLINE_MAX_QUEUE="16", TRUNKLINE_BATCH_BUCKETS="[1,8]"
+        "torch",
+        TRUNKLINE_AUTH_TOKEN=TOKEN,
+        TRUNKLINE_MAX_QUEUE="16",
+        TRUNKLINE_BATCH_BUCKETS="[1,8]",
+        TRUNKLINE_MODEL="mnist-scenes",
     )
     s.wait_ready()
     yield s

@@ -99,7 +99,7 @@ def test_reload_swaps_atomically_under_traffic(server, scenes):
 
 
 def test_load_and_unload_need_explicit_mode(scenes):
-    s = RunningServer("torch")  # model control mode none (the default)
+    s = RunningServer("torch", TRUNKLINE_MODEL="mnist-scenes")  # model control mode none (the default)
     try:
         s.wait_ready()
         for action in ("load", "unload"):
