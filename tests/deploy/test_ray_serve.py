@@ -26,6 +26,7 @@ def ray_url():
     port = free_port()
     env = {
         "PYTHONPATH": str(ROOT),
+        "TRUNKLINE_MODEL": "mnist-scenes",
         "TRUNKLINE_BATCH_BUCKETS": "[1,8]",
         "TRUNKLINE_CALIBRATION_ROUNDS": "1",
         "TRUNKLINE_THREADS": "1",
