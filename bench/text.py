@@ -17,7 +17,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -358,6 +357,11 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def _quick_start(scale: Scale) -> dict[str, str]:
+    """At the tiny (CI) scale servers calibrate two batch sizes once: seconds, not minutes."""
+    return {"batch_buckets": "[1,8]", "calibration_rounds": "1"} if scale.name == "tiny" else {}
+
+
 def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
     """RSS of one server hosting text-tasks and mnist-scenes against four servers hosting one
     text task each (the text model with the three others removed), all warmed the same way."""
@@ -368,7 +372,7 @@ def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
             for tier in ("low", "max"):
                 _post(url, text_body(texts[:32], task, tier))
 
-    proc = start_server("torch", port, threads)
+    proc = start_server("torch", port, threads, **_quick_start(scale))
     try:
         warm(f"http://127.0.0.1:{port}", TASKS)
         ours = rss_mib(proc.pid)
@@ -376,17 +380,20 @@ def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
         proc.terminate()
         proc.wait(timeout=60)
     singles = {}
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        for i, task in enumerate(TASKS):
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, task in enumerate(TASKS):  # one at a time: each measured alone, as the one above
             folder = Path(tmp) / f"{MODEL}-{task}"
             shutil.copytree(BUNDLED / MODEL, folder)
             for other in TASKS:
                 if other != task:
                     remove_task(folder, other)
-            p = start_server("torch", port + 1 + i, threads, model=str(folder))
-            stack.callback(lambda p=p: (p.terminate(), p.wait(timeout=60)))
-            warm(f"http://127.0.0.1:{port + 1 + i}", [task])
-            singles[task] = rss_mib(p.pid)
+            p = start_server("torch", port + 1 + i, threads, model=str(folder), **_quick_start(scale))
+            try:
+                warm(f"http://127.0.0.1:{port + 1 + i}", [task])
+                singles[task] = rss_mib(p.pid)
+            finally:
+                p.terminate()
+                p.wait(timeout=60)
     total = sum(singles.values())
     rows = [{"server": "trunkline: text-tasks (4 tasks) + mnist-scenes", "rss_mib": round(ours, 1)}]
     rows += [{"server": f"single-task server: {t}", "rss_mib": round(v, 1)} for t, v in singles.items()]
@@ -401,7 +408,7 @@ def serving(scale: Scale, threads: int, port: int) -> dict:
     result: dict = {"padding": padding_waste(adapter, texts)}
     result["multi_task"] = multi_task_compute(adapter, texts, max(3, scale.rounds))
     del adapter
-    proc = start_server("torch", port, threads)
+    proc = start_server("torch", port, threads, **_quick_start(scale))
     url = f"http://127.0.0.1:{port}"
     try:
         result["batch1_p50_ms"] = batch1_latency(url, texts, max(4, scale.http_requests * 4))
