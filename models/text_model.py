@@ -233,23 +233,43 @@ def mask_bias(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     return ((1.0 - mask.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :]
 
 
-class EncoderLayer(nn.Module):
-    """A plain post-LN BERT layer at fixed dims: what extraction returns and backends run."""
+class SelfAttention(nn.Module):
+    """A plain post-LN self-attention sublayer at fixed heads: x -> norm(x + o(attention))."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, hidden: int, eps: float) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         inner = heads * head_dim
         self.q, self.k, self.v = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
         self.o = nn.Linear(inner, dim)
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         att = _attend(self.q(x), self.k(x), self.v(x), bias, self.heads, self.head_dim)
-        x = self.norm1(x + self.o(att))
-        return self.norm2(x + self.fc2(F.gelu(self.fc1(x))))
+        return self.norm(x + self.o(att))
+
+
+class FeedForward(nn.Module):
+    """A plain post-LN feed-forward sublayer: x -> norm(x + fc2(gelu(fc1(x))))."""
+
+    def __init__(self, dim: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """A plain post-LN BERT layer at fixed dims: what extraction returns and backends run."""
+
+    def __init__(self, attn: SelfAttention, ffn: FeedForward) -> None:
+        super().__init__()
+        self.attn, self.ffn = attn, ffn
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.attn(x, bias))
 
 
 class SlimAttention(nn.Module):
@@ -308,9 +328,8 @@ class SlimLayer(nn.Module):
     @torch.no_grad()
     def slice(self, heads: int, hidden: int) -> EncoderLayer:
         w1, b1 = self.fc1.weight()[:hidden], self.fc1.bias[:hidden]
-        return _plain_layer(
-            self.attn, heads, (w1, b1, self.fc2.weight()[:, :hidden], self.fc2.bias), self.norm
-        )
+        ffn = _plain_ffn((w1, b1, self.fc2.weight()[:, :hidden], self.fc2.bias), self.norm)
+        return EncoderLayer(_plain_attention(self.attn, heads), ffn)
 
     @torch.no_grad()
     def reorder_(self) -> dict[str, torch.Tensor]:
@@ -344,8 +363,13 @@ class ZoneLayer(nn.Module):
         return self.norm(x + (experts or self.experts)(x, task, k))
 
     @torch.no_grad()
+    def slice_ffn(self, task: int, k: int, experts: TaskExperts | None = None) -> FeedForward:
+        """The task's k experts folded into one feed-forward sublayer."""
+        return _plain_ffn((experts or self.experts).merged(task, k), self.norm)
+
+    @torch.no_grad()
     def slice(self, heads: int, task: int, k: int, experts: TaskExperts | None = None) -> EncoderLayer:
-        return _plain_layer(self.attn, heads, (experts or self.experts).merged(task, k), self.norm)
+        return EncoderLayer(_plain_attention(self.attn, heads), self.slice_ffn(task, k, experts))
 
     @torch.no_grad()
     def init_experts_(self, fc1: torch.Tensor, b1: torch.Tensor, fc2: torch.Tensor, b2: torch.Tensor) -> None:
@@ -383,16 +407,20 @@ class AddedTask(nn.Module):
             mine.gate.copy_(torch.randn_like(mine.gate) * 0.01)
 
 
-def _plain_layer(attn: SlimAttention, heads: int, ffn: tuple, norm2: nn.LayerNorm) -> EncoderLayer:
-    dim = attn.norm.normalized_shape[0]
-    w1, b1, w2, b2 = ffn
-    layer = EncoderLayer(dim, heads, attn.head_dim, w1.shape[0], attn.norm.eps)
+def _plain_attention(attn: SlimAttention, heads: int) -> SelfAttention:
+    plain = SelfAttention(attn.norm.normalized_shape[0], heads, attn.head_dim, attn.norm.eps)
     for name, (w, b) in attn.params(heads).items():
-        setattr(layer, name, _copy_linear(w, b))
-    layer.fc1, layer.fc2 = _copy_linear(w1, b1), _copy_linear(w2, b2)
-    layer.norm1.load_state_dict(attn.norm.state_dict())
-    layer.norm2.load_state_dict(norm2.state_dict())
-    return layer
+        setattr(plain, name, _copy_linear(w, b))
+    plain.norm.load_state_dict(attn.norm.state_dict())
+    return plain
+
+
+def _plain_ffn(ffn: tuple, norm: nn.LayerNorm) -> FeedForward:
+    w1, b1, w2, b2 = ffn
+    plain = FeedForward(w1.shape[1], w1.shape[0], norm.eps)
+    plain.fc1, plain.fc2 = _copy_linear(w1, b1), _copy_linear(w2, b2)
+    plain.norm.load_state_dict(norm.state_dict())
+    return plain
 
 
 class Embeddings(nn.Module):
@@ -447,33 +475,41 @@ def pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # -- extracted modules (what backends run) ------------------------------------------------
 class TextTrunk(nn.Module):
-    """Embeddings and the first trunk layers at one width: batch [B, 2, T] -> tokens."""
+    """Embeddings, the trunk layers of a route and, when given, the attention of the first zone
+    layer (its weights are shared by every task: it runs once for all of them): batch
+    [B, 2, T] -> tokens."""
 
-    def __init__(self, embeddings: Embeddings, layers: list[EncoderLayer]) -> None:
+    def __init__(
+        self, embeddings: Embeddings, layers: list[EncoderLayer], shared: SelfAttention | None = None
+    ):
         super().__init__()
         self.embeddings = embeddings
         self.layers = nn.ModuleList(layers)
+        self.shared = shared
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(batch[:, 0])
         bias = mask_bias(batch[:, 1])
         for layer in self.layers:
             x = layer(x, bias)
-        return x
+        return self.shared(x, bias) if self.shared is not None else x
 
 
 class TextPath(nn.Module):
-    """One task's path: its zone layers (experts folded) and head -> activated outputs."""
+    """One task's path: the first zone layer's feed-forward (its experts folded), the other
+    zone layers, then its head -> activated outputs."""
 
-    def __init__(self, kind_name: str, layers: list[EncoderLayer], head: TextHead) -> None:
+    def __init__(self, kind_name: str, ffn: FeedForward, layers: list[EncoderLayer], head: TextHead) -> None:
         super().__init__()
         self.kind = kind(kind_name)
+        self.ffn = ffn
         self.layers = nn.ModuleList(layers)
         self.head = head
 
     def forward(self, tokens: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         mask = batch[:, 1]
         bias = mask_bias(mask)
+        tokens = self.ffn(tokens)
         for layer in self.layers:
             tokens = layer(tokens, bias)
         return self.kind.activate(self.head(tokens, mask))
@@ -622,16 +658,18 @@ class TextRoutedModel(nn.Module):
     def extract_trunk(self, route: Route) -> TextTrunk:
         heads, hidden = self.dims(route.width)
         layers = [layer.slice(heads, hidden) for layer in self.trunk[: route.depth - self.cfg.zone_depth]]
+        shared = _plain_attention(self.zone[0].attn, heads)
         # the embeddings are frozen and the same for every route: shared, not copied (47 MB)
-        return TextTrunk(self.embeddings, layers).eval().requires_grad_(False)
+        return TextTrunk(self.embeddings, layers, shared).eval().requires_grad_(False)
 
     @torch.no_grad()
     def extract_path(self, task: str, route: Route) -> TextPath:
         route.check(self.cfg)
         heads, _ = self.dims(route.width)
         t, experts = self._zone_experts(task)
-        layers = [layer.slice(heads, t, route.experts, own) for layer, own in zip(self.zone, experts)]
-        path = TextPath(self.cfg.task(task).kind, layers, self.head(task).slice(route.decoder_width))
+        ffn = self.zone[0].slice_ffn(t, route.experts, experts[0])
+        layers = [layer.slice(heads, t, route.experts, own) for layer, own in zip(self.zone[1:], experts[1:])]
+        path = TextPath(self.cfg.task(task).kind, ffn, layers, self.head(task).slice(route.decoder_width))
         return path.eval().requires_grad_(False)
 
     def extract(self, routes: dict[str, Route]) -> TextRouteModule:
@@ -659,21 +697,29 @@ class TextRoutedModel(nn.Module):
 
 
 # -- FLOPs (2 per multiply-add; embeddings, norms and activations left out) ---------------
-def _layer_flops(cfg: TextConfig, tokens: int, heads: int, hidden: int) -> int:
+def _attention_flops(cfg: TextConfig, tokens: int, heads: int) -> int:
     inner = heads * cfg.head_dim
-    attn = tokens * cfg.dim * inner * 4 + 2 * tokens * tokens * inner
-    return 2 * (attn + 2 * tokens * cfg.dim * hidden)
+    return 2 * (tokens * cfg.dim * inner * 4 + 2 * tokens * tokens * inner)
+
+
+def _ffn_flops(cfg: TextConfig, tokens: int, hidden: int) -> int:
+    return 2 * 2 * tokens * cfg.dim * hidden
 
 
 def trunk_flops(cfg: TextConfig, route: Route, tokens: int) -> int:
+    """The trunk layers of the route and the first zone layer's attention (shared by tasks)."""
     heads, hidden = round(cfg.heads * route.width), round(cfg.ffn * route.width)
-    return (route.depth - cfg.zone_depth) * _layer_flops(cfg, tokens, heads, hidden)
+    layer = _attention_flops(cfg, tokens, heads) + _ffn_flops(cfg, tokens, hidden)
+    return (route.depth - cfg.zone_depth) * layer + _attention_flops(cfg, tokens, heads)
 
 
 def task_flops(cfg: TextConfig, task: str, route: Route, tokens: int) -> int:
+    """One task's path: the zone's feed-forwards (its experts), the other zone layers'
+    attention, and its head."""
     spec = cfg.task(task)
     heads = round(cfg.heads * route.width)
-    zone = cfg.zone_depth * _layer_flops(cfg, tokens, heads, route.experts * cfg.expert_hidden)
+    ffn = _ffn_flops(cfg, tokens, route.experts * cfg.expert_hidden)
+    zone = cfg.zone_depth * ffn + (cfg.zone_depth - 1) * _attention_flops(cfg, tokens, heads)
     hidden = max(1, round(spec.decoder_hidden * route.decoder_width))
     return zone + 2 * (cfg.dim * hidden + hidden * spec.num_classes)
 
@@ -712,22 +758,22 @@ def base_encoder(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextTrunk:
     layers = []
     for i in range(cfg.layers):
         p = f"encoder.layer.{i}."
-        layer = EncoderLayer(cfg.dim, cfg.heads, cfg.head_dim, cfg.ffn, cfg.ln_eps)
+        attn = SelfAttention(cfg.dim, cfg.heads, cfg.head_dim, cfg.ln_eps)
+        ffn = FeedForward(cfg.dim, cfg.ffn, cfg.ln_eps)
         with torch.no_grad():
-            for name, key in (("q", "query"), ("k", "key"), ("v", "value")):
-                getattr(layer, name).weight.copy_(state[f"{p}attention.self.{key}.weight"])
-                getattr(layer, name).bias.copy_(state[f"{p}attention.self.{key}.bias"])
-            layer.o.weight.copy_(state[f"{p}attention.output.dense.weight"])
-            layer.o.bias.copy_(state[f"{p}attention.output.dense.bias"])
-            layer.norm1.weight.copy_(state[f"{p}attention.output.LayerNorm.weight"])
-            layer.norm1.bias.copy_(state[f"{p}attention.output.LayerNorm.bias"])
-            layer.fc1.weight.copy_(state[f"{p}intermediate.dense.weight"])
-            layer.fc1.bias.copy_(state[f"{p}intermediate.dense.bias"])
-            layer.fc2.weight.copy_(state[f"{p}output.dense.weight"])
-            layer.fc2.bias.copy_(state[f"{p}output.dense.bias"])
-            layer.norm2.weight.copy_(state[f"{p}output.LayerNorm.weight"])
-            layer.norm2.bias.copy_(state[f"{p}output.LayerNorm.bias"])
-        layers.append(layer)
+            for name, key in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "output.dense")):
+                prefix = f"{p}attention.output.dense" if name == "o" else f"{p}attention.self.{key}"
+                getattr(attn, name).weight.copy_(state[f"{prefix}.weight"])
+                getattr(attn, name).bias.copy_(state[f"{prefix}.bias"])
+            attn.norm.weight.copy_(state[f"{p}attention.output.LayerNorm.weight"])
+            attn.norm.bias.copy_(state[f"{p}attention.output.LayerNorm.bias"])
+            ffn.fc1.weight.copy_(state[f"{p}intermediate.dense.weight"])
+            ffn.fc1.bias.copy_(state[f"{p}intermediate.dense.bias"])
+            ffn.fc2.weight.copy_(state[f"{p}output.dense.weight"])
+            ffn.fc2.bias.copy_(state[f"{p}output.dense.bias"])
+            ffn.norm.weight.copy_(state[f"{p}output.LayerNorm.weight"])
+            ffn.norm.bias.copy_(state[f"{p}output.LayerNorm.bias"])
+        layers.append(EncoderLayer(attn, ffn))
     with torch.no_grad():
         embeddings.word.weight.copy_(state["embeddings.word_embeddings.weight"])
         embeddings.position.weight.copy_(state["embeddings.position_embeddings.weight"])
