@@ -33,7 +33,7 @@ from bench.scale import Scale
 from models.checkpoint import BUNDLED
 from models.kinds import kind
 from models.routes import Route
-from models.text import TextAdapter, load_checkpoint
+from models.text import TextAdapter
 from models.text_data import TextTask, load_task
 from models.text_model import base_encoder, base_sha256, check_base, pool
 from models.text_train import Encoder, _sorted_batches, evaluate_module
@@ -180,7 +180,8 @@ def baselines(scale: Scale, threads: int) -> dict[str, dict]:
 
 def quality(scale: Scale, threads: int) -> dict:
     torch.set_num_threads(threads)
-    model, tables = load_checkpoint(BUNDLED / MODEL)
+    adapter = TextAdapter(BUNDLED / MODEL, MODEL, "1")
+    model, tables = adapter.model, adapter.route_rows  # fractions as budgets see them
     cfg = model.cfg
     serve_enc = Encoder(cfg, cfg.input.max_tokens)
     tiny = scale.name == "tiny"

@@ -85,6 +85,12 @@ class ModelAdapter:
     def full_flops(self, tasks: list[str]) -> int:
         raise NotImplementedError
 
+    def flops_fraction(self, routes: dict[str, Route]) -> float:
+        """What budgets compare: FLOPs of the routes / FLOPs of the same tasks' full route (a
+        family whose FLOPs depend on the input, as text's on its length, returns the largest
+        over the inputs it accepts, so that no request runs above its budget)."""
+        return self.request_flops(routes) / self.full_flops(list(routes))
+
     # -- decoding ---------------------------------------------------------------------
     def decode_instance(self, value: object, field: str) -> np.ndarray:
         """One /v1 instance's input value -> the model's input for it (raises InputError)."""

@@ -140,12 +140,13 @@ class TextAdapter(ModelAdapter):
 
     def __init__(self, path: Path, name: str, version: str) -> None:
         super().__init__(path, name, version)
-        self.model, self._tables = load_checkpoint(path)
+        self.model, tables = load_checkpoint(path)
         self.cfg = self.model.cfg
         self.spec = self.cfg.input
         self._tasks = {t.name: t for t in self.cfg.tasks}
         self.tokenizer = load_tokenizer(self.cfg.base)
         self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
+        self._tables = self._published(tables)
 
     @property
     def tasks(self) -> dict[str, TaskSpec]:
@@ -177,6 +178,23 @@ class TextAdapter(ModelAdapter):
 
     def full_flops(self, tasks: list[str]) -> int:
         return full_flops(self.cfg, tasks, self.cfg.reference_tokens)
+
+    def flops_fraction(self, routes: dict[str, Route]) -> float:
+        """The largest fraction over token lengths (attention grows with the square of the
+        length, the rest linearly): a route within a budget stays within it at any length."""
+        lengths = sorted({2, 4, 8, 16, 32, 64, self.spec.max_tokens})
+        tasks = list(routes)
+        return max(request_flops(self.cfg, routes, n) / full_flops(self.cfg, tasks, n) for n in lengths)
+
+    def _published(self, tables: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        """Route tables with the fraction budgets compare against (`flops_fraction`)."""
+        return {
+            task: [
+                row | {"flops_fraction": round(self.flops_fraction({task: Route.parse(row["id"])}), 4)}
+                for row in rows
+            ]
+            for task, rows in tables.items()
+        }
 
     def describe(self, texts: Texts, routes: dict[str, Route]) -> dict:
         """The receipt's part that depends on the texts: tokens per instance, whether any was

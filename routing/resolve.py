@@ -27,6 +27,9 @@ class FlopsModel(Protocol):
 
     def full_flops(self, tasks: list[str]) -> int: ...
 
+    def flops_fraction(self, routes: dict[str, Route]) -> float:
+        """The fraction of the same tasks' full route that budgets compare against."""
+
 
 class UnsatisfiableBudget(ValueError):
     """No route fits: carries the smallest budget the task set accepts."""
@@ -128,9 +131,15 @@ class RouteTables:
         for trunk in self.trunks:
             options = [[e for e in self.tables[t] if e.route.trunk == trunk] for t in tasks]
             for combo in itertools.product(*options):
-                flops = self.flops.request_flops({e.task: e.route for e in combo})
+                routes = {e.task: e.route for e in combo}
+                flops = self.flops.request_flops(routes)
                 score = sum(w * e.score for w, e in zip(weights, combo)) / sum(weights)
-                plans.append(Plan(trunk, tuple(combo), flops, flops / full, score))
+                fraction = (
+                    self.flops.flops_fraction(routes)
+                    if hasattr(self.flops, "flops_fraction")
+                    else flops / full
+                )
+                plans.append(Plan(trunk, tuple(combo), flops, fraction, score))
         plans.sort(key=lambda p: (-p.score, -p.flops))
         return plans
 
