@@ -243,10 +243,10 @@ def texts_from_tests(n: int) -> list[str]:
     return out[:n]
 
 
-def text_body(texts: list[str], task: str | list[str], tier: str, **extra) -> bytes:
+def text_body(texts: list[str], task: str | list[str], tier: str, model: str = MODEL, **extra) -> bytes:
     key = "tasks" if isinstance(task, list) else "task"
     return orjson.dumps(
-        {"model": MODEL, key: task, "budget": tier, "inputs": [{"text": t} for t in texts], **extra}
+        {"model": model, key: task, "budget": tier, "inputs": [{"text": t} for t in texts], **extra}
     )
 
 
@@ -368,10 +368,10 @@ def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
     text task each (the text model with the three others removed), all warmed the same way."""
     from models.text_train import remove_task
 
-    def warm(url: str, tasks: list[str]) -> None:
+    def warm(url: str, tasks: list[str], model: str = MODEL) -> None:
         for task in tasks:
             for tier in ("low", "max"):
-                _post(url, text_body(texts[:32], task, tier))
+                _post(url, text_body(texts[:32], task, tier, model))
 
     proc = start_server("torch", port, threads, **_quick_start(scale))
     try:
@@ -390,7 +390,7 @@ def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
                     remove_task(folder, other)
             p = start_server("torch", port + 1 + i, threads, model=str(folder), **_quick_start(scale))
             try:
-                warm(f"http://127.0.0.1:{port + 1 + i}", [task])
+                warm(f"http://127.0.0.1:{port + 1 + i}", [task], folder.name)
                 singles[task] = rss_mib(p.pid)
             finally:
                 p.terminate()
