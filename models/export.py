@@ -35,10 +35,13 @@ class _PathGraph(nn.Module):
         return self.path(tokens, image)
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], out: Path) -> Path:
+BATCH = torch.export.Dim("batch", min=1, max=4096)
+
+
+def _export(module: nn.Module, args: tuple, names: list[str], out: Path, shapes: tuple | None = None) -> Path:
+    """One graph, its inputs `names`; `shapes`: the dynamic axes per input (default: the batch axis)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    shapes = tuple({0: batch} for _ in names)
+    shapes = shapes or tuple({0: BATCH} for _ in names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

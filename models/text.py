@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,22 +356,9 @@ def _length_prefixed(raw: bytes | memoryview, n: int, field: str) -> list[memory
 
 def _export(module: nn.Module, args: tuple, names: list[str], out: Path) -> Path:
     """ONNX with dynamic batch and sequence axes (the text batch is [B, 2, T], tokens [B, T, D])."""
-    from models.export import OPSET
+    from models.export import BATCH
+    from models.export import _export as export_graph
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=512)
-    shapes = tuple({0: batch, 1: seq} if n == "tokens" else {0: batch, 2: seq} for n in names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module.eval(),
-            args,
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=names,
-            output_names=["output"],
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
-    program.save(str(out))
-    return out
+    seq = torch.export.Dim("seq", min=2, max=512)
+    shapes = tuple({0: BATCH, 1: seq} if n == "tokens" else {0: BATCH, 2: seq} for n in names)
+    return export_graph(module, args, names, out, shapes)
