@@ -24,7 +24,7 @@ def numbers(rows: list[dict]) -> list[float]:
 
 def test_every_comparison_ran_and_measured(tiny):
     _, results = tiny
-    assert set(ALL) <= set(results)
+    assert {name.replace("-", "_") for name in ALL} <= set(results)
     for name, value in results.items():
         values = numbers(value["rows"])
         assert values, name
@@ -72,4 +72,5 @@ def test_report_files(tiny):
     for png in ("accuracy_vs_flops.png", "budget_scaling.png", "peers.png", "overload.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     raw = json.loads((out / "results.json").read_text())
-    assert raw["scale"] == "tiny" and set(raw["results"]) == set(results)
+    [run] = raw["runs"]  # a fresh folder: this run measured every section
+    assert run["scale"] == "tiny" and set(run["sections"]) == set(raw["results"]) == set(results)
