@@ -158,7 +158,10 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 900) -> None:
 
 
 def start_server(backend: str, port: int, threads: int, **settings: str) -> subprocess.Popen:
-    """`trunkline serve` in its own process, ready; extra `settings` become TRUNKLINE_* vars."""
+    """`trunkline serve` in its own process, ready; extra `settings` become TRUNKLINE_* vars.
+    It serves mnist-scenes unless `settings` name the models (`model`, `model_repository`)."""
+    if "model" not in settings and "model_repository" not in settings:
+        settings["model"] = "mnist-scenes"
     env = {
         **os.environ,
         "TRUNKLINE_BACKEND": backend,

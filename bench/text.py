@@ -380,7 +380,7 @@ def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
             for tier in ("low", "max"):
                 _post(url, text_body(texts[:32], task, tier, model))
 
-    proc = start_server("torch", port, threads, **_quick_start(scale))
+    proc = start_server("torch", port, threads, model=f"{MODEL},mnist-scenes", **_quick_start(scale))
     try:
         warm(f"http://127.0.0.1:{port}", TASKS)
         ours = rss_mib(proc.pid)
@@ -416,7 +416,7 @@ def serving(scale: Scale, threads: int, port: int) -> dict:
     result: dict = {"padding": padding_waste(adapter, texts)}
     result["multi_task"] = multi_task_compute(adapter, texts, max(3, scale.rounds))
     del adapter
-    proc = start_server("torch", port, threads, **_quick_start(scale))
+    proc = start_server("torch", port, threads, model=MODEL, **_quick_start(scale))
     url = f"http://127.0.0.1:{port}"
     try:
         result["batch1_p50_ms"] = batch1_latency(url, texts, max(4, scale.http_requests * 4))

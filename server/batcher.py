@@ -58,6 +58,7 @@ class WorkItem:
     describe: Callable[[Any], dict | None] | None = None  # receipt fields from the decoded inputs
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
+    queued: bool = False  # waiting in a batcher's queue
     seq: int = field(default_factory=lambda: next(_order))
 
     def __post_init__(self) -> None:
@@ -144,9 +145,8 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
         except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
             outputs[i] = exc
     t1 = time.perf_counter()
-    if good:
-        for i, out in zip(good, _forward(backend, batches, trunk, [items[i] for i in good], arrays)):
-            outputs[i] = out
+    for i, out in zip(good, _isolated(backend, batches, trunk, [items[i] for i in good], arrays)):
+        outputs[i] = out
     t2 = time.perf_counter()
     encoded: list = [None] * len(items)
     for i in good:
@@ -157,6 +157,20 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
                 outputs[i] = exc
     t3 = time.perf_counter()
     return BatchRun(outputs, encoded, info, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+
+
+def _isolated(backend: Backend, batches: Batches, trunk: str, items: list[WorkItem], arrays: list) -> list:
+    """`_forward`, and when the batch fails, each item again on its own: the item that fails
+    the backend fails alone (its error in its place), the others are answered."""
+    if not items:
+        return []
+    try:
+        return _forward(backend, batches, trunk, items, arrays)
+    except Exception as exc:  # noqa: BLE001
+        if len(items) == 1:
+            return [exc]
+    log.warning("a batch of %d requests failed in the backend; running them one by one", len(items))
+    return [_isolated(backend, batches, trunk, [it], [a])[0] for it, a in zip(items, arrays)]
 
 
 def _forward(
@@ -270,24 +284,62 @@ class Batcher:
         """Nothing queued here and the shared compute thread has nothing to do."""
         return not self.queued and self.compute.idle
 
+    def has_room(self, trunk: str, n: int) -> bool:
+        """Whether n more instances fit the queue of `trunk` (`max_queue` per trunk)."""
+        return self.queued_at[trunk] + n <= self.max_queue
+
     async def submit(self, item: WorkItem) -> BatchResult:
-        n = len(item)
-        if self.queued + n > self.max_queue:
+        """Queue `item` and await its batch. A request whose deadline passes while it waits is
+        answered 503 then and never executed; one whose client goes away (its task cancelled)
+        leaves the queue at once."""
+        n, trunk = len(item), item.plan.trunk
+        if not self.has_room(trunk, n):
             raise QueueFull(
-                f"queue is full ({self.queued} of {self.max_queue} instances waiting)", retry_after=1
+                f"queue is full ({self.queued_at[trunk]} of {self.max_queue} instances waiting at "
+                f"trunk {trunk})",
+                retry_after=1,
             )
-        item.future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.queues[item.plan.trunk], item)
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
+        heapq.heappush(self.queues[trunk], item)
+        item.queued = True
         self.queued += n
-        self.queued_at[item.plan.trunk] += n
+        self.queued_at[trunk] += n
         for e in item.plan.entries:
-            self.queued_rows[item.plan.trunk][e] += n
+            self.queued_rows[trunk][e] += n
         self.in_flight += 1
         self._wakeup.set()
+        timer = None
+        if item.deadline is not None:
+            timer = loop.call_later(max(0.0, item.deadline - time.monotonic()), self._expire, item)
         try:
             return await item.future
         finally:
             self.in_flight -= 1
+            if timer is not None:
+                timer.cancel()
+            if item.queued:  # cancelled while waiting: its client went away
+                self._remove(item)
+
+    def _expire(self, item: WorkItem) -> None:
+        """The deadline of a queued request passed: 503 now; it never runs (a request already
+        in a running batch gets its answer)."""
+        if item.queued and not item.future.done():
+            self._remove(item)
+            waited = (time.monotonic() - item.enqueued) * 1000
+            item.future.set_exception(
+                DeadlineExceeded(
+                    f"timed out after {waited:.0f} ms in the queue; retry later or raise timeout_ms",
+                    "timeout_ms",
+                    retry_after=1,
+                )
+            )
+
+    def _remove(self, item: WorkItem) -> None:
+        queue = self.queues[item.plan.trunk]
+        queue.remove(item)
+        heapq.heapify(queue)
+        self._dequeued(item)
 
     def _next_trunk(self) -> str | None:
         heads = [(q[0], w) for w, q in self.queues.items() if q]
@@ -295,11 +347,16 @@ class Batcher:
 
     def _pop(self, trunk: str) -> WorkItem:
         item = heapq.heappop(self.queues[trunk])
+        self._dequeued(item)
+        return item
+
+    def _dequeued(self, item: WorkItem) -> None:
+        trunk = item.plan.trunk
+        item.queued = False
         self.queued -= len(item)
         self.queued_at[trunk] -= len(item)
         for e in item.plan.entries:
             self.queued_rows[trunk][e] -= len(item)
-        return item
 
     def _take(self, trunk: str) -> list[WorkItem]:
         """The next batch at `trunk`, in priority order, no larger than lets every request in

@@ -19,11 +19,11 @@ import numpy as np
 from models.adapter import ModelAdapter
 from models.kinds import kind
 from routing import Budget, BudgetError, Plan, RouteTables, UnsatisfiableBudget
-from server import calibration
+from server import calibration, hooks
 from server.backends import create_backend
 from server.batcher import Batcher, BatchResult, Decode, Encode, WorkItem
 from server.compute import ComputeScheduler
-from server.errors import BudgetTooSmall, InvalidInput, InvalidValue, Overloaded, UnknownTask
+from server.errors import BudgetTooSmall, InvalidInput, InvalidValue, Overloaded, QueueFull, UnknownTask
 from server.metrics import Metrics
 from server.schemas import Receipt, TaskReceipt
 from server.settings import Settings
@@ -66,7 +66,7 @@ class Engine:
     ) -> None:
         self.adapter, self.settings, self.compute, self.metrics = adapter, settings, compute, metrics
         self.tables = RouteTables(adapter, adapter.route_rows)
-        self.backend = create_backend(settings.backend, adapter, settings)
+        self.backend = hooks.wrap(create_backend(settings.backend, adapter, settings), settings)
         self.default_budget = Budget.from_text(settings.default_budget)
         self.batcher = Batcher(
             self.backend,
@@ -233,6 +233,14 @@ class Engine:
         # own compute counts (a server shedding while idle had stale estimates feeding on
         # themselves). Otherwise: the work ahead, the batch it joins, and the event loop's lag
         # when its answer comes back.
+        top = candidates[0]
+        candidates = [p for p in candidates if self.batcher.has_room(p.trunk, n)]
+        if not candidates:  # every route it may take has a full queue
+            raise QueueFull(
+                f"queue is full at every route down to min_budget ({self.settings.max_queue} instances "
+                "waiting per trunk)",
+                retry_after=1,
+            )
         idle = self.batcher.idle
         # The time a request has already spent in the server counts against its timeout: since
         # its handler started (measured) and, on a busy server, its wait for the event loop
@@ -266,7 +274,7 @@ class Engine:
             if plan is cheapest and len(candidates) > 1:
                 self._pressure_until = now + self.PRESSURE_S
             deadline = arrived + timeout_ms / 1000
-            return Admission(plan, plan is not candidates[0], budget, deadline, priority)
+            return Admission(plan, plan is not top, budget, deadline, priority)
         self._pressure_until = now + self.PRESSURE_S
         ahead = finish_ms(cheapest) - own_ms(cheapest)
         if log.isEnabledFor(logging.DEBUG):
@@ -310,6 +318,7 @@ class Engine:
         finally:
             m.in_flight.labels(name).dec()
             m.queue_depth.labels(name).set(self.batcher.queued)
+        hooks.leak(self.settings)
         m.queue_time.labels(name).observe(result.queue_ms / 1000)
         m.compute_time.labels(name).observe(result.compute_ms / 1000)
         if admission.degraded:

@@ -8,6 +8,7 @@ the way that API writes errors, so no code looks at the URL to pick a format.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -260,6 +261,31 @@ class Call:
 Handler = Callable[[Call], Awaitable[Response]]
 
 
+async def until_disconnect(work: Awaitable[Response], receive: Receive) -> Response:
+    """Await `work` while watching the connection: when the client goes away first, `work` is
+    cancelled (a queued request leaves the queue; a running one's result is dropped)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client disconnects (the body has been read: nothing else comes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def answer(call: Call, receive: Receive, handler: Handler, write: Callable) -> Response:
     """Run a prediction handler: auth, body, the handler; domain errors written in the API's
     error format; counted and timed (`Server-Timing`)."""
@@ -267,7 +293,7 @@ async def answer(call: Call, receive: Receive, handler: Handler, write: Callable
         check_auth(call.settings.auth_token, call.headers)
         call.body = await read_body(receive, call.headers, call.settings.max_body_bytes)
         call.timings.lap("read")
-        response = await handler(call)
+        response = await until_disconnect(handler(call), receive)
     except e.TrunklineError as err:
         response = write(err)
     except InputError as err:  # an adapter could not decode an input

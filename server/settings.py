@@ -57,7 +57,12 @@ class Settings(BaseSettings):
         description="a request with timeout_ms and min_budget steps down to a cheaper route while its "
         "estimated finish exceeds this fraction of timeout_ms",
     )
-    max_queue: int = Field(1024, ge=1, description="queued instances before 429")
+    max_queue: int = Field(
+        1024,
+        ge=1,
+        description="queued instances per trunk before 429 (a request that may degrade steps down "
+        "to a cheaper trunk with room first)",
+    )
     max_instances: int = Field(256, ge=1, description="instances per request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     batch_buckets: list[int] = Field([1, 8, 32, 64], description="calibrated batch sizes")
@@ -69,6 +74,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
     log_level: str = "info"
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")
+    # test hooks of the reliability suite (server/hooks.py); never set them in production
+    test_gate: Path | None = Field(None, description="test hook: while this file exists, batches wait")
+    test_poison: int | None = Field(
+        None, ge=0, le=255, description="test hook: a batch with an input of only this byte fails"
+    )
+    test_leak_kib: int = Field(0, ge=0, description="test hook: KiB kept for good per prediction")
 
     @model_validator(mode="after")
     def _workers(self) -> Settings:

@@ -145,6 +145,7 @@ def test_a_request_past_its_deadline_is_never_run(setup):
         blocker = await hold(b, backend)
         late = asyncio.create_task(b.submit(item([7], plan(1.0, "a"), deadline=time.monotonic() + 0.02)))
         await asyncio.sleep(0.1)
+        assert late.done() and b.queued == 0  # answered at its deadline, while the batch still runs
         backend.gate.set()
         await blocker
         with pytest.raises(DeadlineExceeded):
@@ -156,12 +157,14 @@ def test_a_request_past_its_deadline_is_never_run(setup):
 
 
 def test_a_full_queue_refuses_and_a_failed_batch_fails_only_its_requests(setup):
+    """The queue holds max_queue instances per trunk; a request that fails in the backend,
+    batched with a good one, fails alone."""
     backend, make = setup
 
     async def main():
         b = make(max_queue=2)
         blocker = await hold(b, backend)
-        bad = asyncio.create_task(b.submit(item([1], plan(0.5, "boom"))))
+        bad = asyncio.create_task(b.submit(item([1], plan(1.0, "boom"))))
         good = asyncio.create_task(b.submit(item([2], plan(1.0, "a"))))
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
