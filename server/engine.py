@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from functools import partial
 
@@ -131,6 +132,8 @@ class Engine:
                 log.info("%s: calibrated batch %d (%.1f s)", self.name, bucket, time.perf_counter() - started)
         if not cached:
             await self._save(cache)
+        batcher = weakref.ref(self.batcher)  # the gauge must not keep an unloaded model alive
+        self.metrics.queue_depth.labels(self.name).set_function(lambda: getattr(batcher(), "queued", 0))
         self.ready = True
         how = "timings from the cache" if cached else "calibrated"
         log.info(
@@ -312,12 +315,10 @@ class Engine:
             inputs, plan, admission.deadline, admission.priority, n=n, encode=encode, describe=describe
         )
         m.in_flight.labels(name).inc()
-        m.queue_depth.labels(name).set(self.batcher.queued + len(item))
         try:
             result = await self.batcher.submit(item)
         finally:
             m.in_flight.labels(name).dec()
-            m.queue_depth.labels(name).set(self.batcher.queued)
         hooks.leak(self.settings)
         m.queue_time.labels(name).observe(result.queue_ms / 1000)
         m.compute_time.labels(name).observe(result.compute_ms / 1000)

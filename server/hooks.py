@@ -3,7 +3,7 @@ dependent. Off unless a `TRUNKLINE_TEST_*` setting turns them on; never for prod
 
 - `test_gate` (a file path): while the file exists, every batch waits before it runs, so a
   test can fill the queue, hold requests in flight or shut down with work running.
-- `test_poison` (a byte value): a batch holding an input whose every element equals it fails
+- `test_poison`: a batch holding a constant input (every element equal, as a blank image) fails
   in the backend, as a model that raises on some input would.
 - `test_leak_kib`: every answered prediction keeps that many KiB for good: the positive control
   of the memory-growth check, which must catch it.
@@ -28,7 +28,7 @@ class PoisonedInput(RuntimeError):
 class HookedBackend:
     """A backend whose batches wait at the gate and fail on the poison value."""
 
-    def __init__(self, backend: Backend, gate: Path | None, poison: int | None) -> None:
+    def __init__(self, backend: Backend, gate: Path | None, poison: bool) -> None:
         self.backend, self.gate, self.poison = backend, gate, poison
         self.name = backend.name
 
@@ -38,15 +38,15 @@ class HookedBackend:
     def run_trunk(self, trunk: str, batch: np.ndarray) -> np.ndarray:
         while self.gate is not None and self.gate.exists():
             time.sleep(0.005)
-        if self.poison is not None and batch.dtype == np.uint8:
+        if self.poison:
             rows = batch.reshape(len(batch), -1)
-            if (rows == self.poison).all(axis=1).any():
+            if (rows == rows[:, :1]).all(axis=1).any():
                 raise PoisonedInput(f"poisoned input in a batch of {len(batch)} at /internal/{trunk}")
         return self.backend.run_trunk(trunk, batch)
 
 
 def wrap(backend: Backend, settings) -> Backend:
-    if settings.test_gate is None and settings.test_poison is None:
+    if settings.test_gate is None and not settings.test_poison:
         return backend
     return HookedBackend(backend, settings.test_gate, settings.test_poison)
 

@@ -71,14 +71,17 @@ class Settings(BaseSettings):
     auth_token: str | None = Field(None, description="require 'Authorization: Bearer <token>'")
     onnx_dir: Path = Field(CACHE / "onnx", description="where exported ONNX graphs are cached")
     cache_dir: Path = Field(CACHE, description="calibration results, per checkpoint and machine")
-    drain_timeout_s: float = Field(30.0, ge=0, description="graceful shutdown drain limit")
+    drain_timeout_s: float = Field(
+        20.0,
+        ge=0,
+        description="on SIGTERM, how long in-flight requests may finish (below Kubernetes' default "
+        "30 s grace period, so that the exit is the server's and not a SIGKILL)",
+    )
     log_level: str = "info"
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")
     # test hooks of the reliability suite (server/hooks.py); never set them in production
     test_gate: Path | None = Field(None, description="test hook: while this file exists, batches wait")
-    test_poison: int | None = Field(
-        None, ge=0, le=255, description="test hook: a batch with an input of only this byte fails"
-    )
+    test_poison: bool = Field(False, description="test hook: a batch with a constant input fails")
     test_leak_kib: int = Field(0, ge=0, description="test hook: KiB kept for good per prediction")
 
     @model_validator(mode="after")
