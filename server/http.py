@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
@@ -185,12 +185,12 @@ V2Route = _route_class(v2_error)
 
 
 # -- auth and bodies ----------------------------------------------------------------
-def check_auth(token: str | None, headers: Headers) -> None:
+def check_auth(token: SecretStr | None, headers: Headers) -> None:
     """`Authorization: Bearer <token>` when a token is set (compared in constant time)."""
-    if not token:
+    if token is None or not token.get_secret_value():
         return
     given = headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
         raise e.Unauthorized("missing or wrong bearer token in the Authorization header", "authorization")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from routing import Budget
@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     batch_buckets: list[int] = Field([1, 8, 32, 64], description="calibrated batch sizes")
     calibration_rounds: int = Field(3, ge=1)
     priority_levels: int = Field(3, ge=1, description="request priorities 1 (first) .. N; default middle")
-    auth_token: str | None = Field(None, description="require 'Authorization: Bearer <token>'")
+    auth_token: SecretStr | None = Field(
+        None, description="require 'Authorization: Bearer <token>' (never printed: a secret)"
+    )
     onnx_dir: Path = Field(CACHE / "onnx", description="where exported ONNX graphs are cached")
     cache_dir: Path = Field(CACHE, description="calibration results, per checkpoint and machine")
     drain_timeout_s: float = Field(

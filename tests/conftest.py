@@ -20,7 +20,8 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, backend: str, **env: str) -> None:
+    def __init__(self, backend: str, log: str | None = None, **env: str) -> None:
+        """`log`: a file for the server's output (default: the test's output)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {
@@ -33,7 +34,13 @@ class RunningServer:
             "TRUNKLINE_LOG_LEVEL": "warning",
             **env,
         }
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=environ)
+        out = open(log, "ab") if log else None  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve"],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
 
     def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout

@@ -24,9 +24,9 @@ class Watched(RunningServer):
     """A server subprocess with its gate, its process and the answer it gave when fresh."""
 
     def __init__(self, tmp: Path, backend: str = "torch", **env: str) -> None:
-        self.gate = tmp / "gate"
+        self.gate, self.log = tmp / "gate", tmp / "server.log"
         env = {"TRUNKLINE_MODEL": "mnist-scenes", "TRUNKLINE_TEST_GATE": str(self.gate), **env}
-        super().__init__(backend, **env)
+        super().__init__(backend, log=str(self.log), **env)
         self.process = psutil.Process(self.proc.pid)
         self.known: tuple[dict, dict] | None = None
 
