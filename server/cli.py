@@ -9,11 +9,15 @@ import sys
 
 
 def _draining_server():
+    import signal
+
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn's server, not ready from the moment a shutdown signal arrives: the readiness
-        probe answers 503 and new predictions are refused while in-flight ones finish."""
+        probe answers 503 and new predictions are refused while in-flight ones finish. A drain
+        that SIGTERM asked for ends in exit status 0 (uvicorn would raise the signal again
+        once drained, so that the process dies of it: status 143 to an orchestrator)."""
 
         def __init__(self, config: uvicorn.Config, app) -> None:
             super().__init__(config)
@@ -24,6 +28,8 @@ def _draining_server():
             if repository is not None:
                 repository.draining = True
             super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
+                self._captured_signals.remove(sig)
 
     return Server
 

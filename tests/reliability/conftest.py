@@ -93,6 +93,27 @@ def known_input(scenes) -> dict:
 
 
 @pytest.fixture
+def serve(tmp_path, known_input):
+    """`serve(**env)`: a started server for this test only, checked healthy and stopped after it."""
+    servers = []
+
+    def start(**env: str) -> Watched:
+        folder = tmp_path / f"server{len(servers)}"
+        folder.mkdir()
+        server = Watched(folder, **env).start(known_input)
+        servers.append((server, server.proc.pid))
+        return server
+
+    yield start
+    try:
+        for server, pid in servers:
+            server.check_healthy(pid)
+    finally:
+        for server, _ in servers:
+            server.stop()
+
+
+@pytest.fixture
 def healthy():
     """Checks the server after the test: `healthy(server)` registers it."""
     watched = []
