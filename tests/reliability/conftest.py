@@ -7,6 +7,8 @@ while it exists, batches wait) instead of relying on timing."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 from pathlib import Path
@@ -85,6 +87,20 @@ class Watched(RunningServer):
         for a, b in zip(got, expected):
             for task in a:
                 np.testing.assert_allclose(a[task]["scores"], b[task]["scores"], atol=1e-4)
+
+
+@pytest.fixture
+def figure(request):
+    """`figure(name, value)`: a measured figure for docs/reliability.md, appended as a JSON line
+    to $TRUNKLINE_FIGURES when that is set (`TRUNKLINE_FIGURES=f.jsonl make test`)."""
+    path = os.environ.get("TRUNKLINE_FIGURES")
+
+    def record(name: str, value) -> None:
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": request.node.name, "figure": name, "value": value}) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")

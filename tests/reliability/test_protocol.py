@@ -93,7 +93,7 @@ LIES = {
 }
 
 
-def test_binary_extension_lies_are_400_and_leak_nothing(server):
+def test_binary_extension_lies_are_400_and_leak_nothing(server, figure):
     bodies = [_binary(*case) for case in LIES.values()]
     for name, (content, headers) in zip(LIES, bodies):
         r = httpx.post(f"{server.url}{INFER}", content=content, headers=headers, timeout=30)
@@ -107,6 +107,8 @@ def test_binary_extension_lies_are_400_and_leak_nothing(server):
                     client.post(f"{server.url}{INFER}", content=content, headers=headers).status_code == 400
                 )
     assert server.rss_mib() - before < 8
+    figure("cases x repeats, all 400", f"{len(LIES)} x 101")
+    figure("RSS before / after 100 repeats (MiB)", [round(before, 1), round(server.rss_mib(), 1)])
 
 
 def test_a_truthful_binary_request_is_answered(server, scenes):
@@ -124,7 +126,7 @@ def _padded(scenes, size: int) -> bytes:
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
-def test_body_limit_at_limit_minus_one_limit_and_limit_plus_one(server, scenes, encoding):
+def test_body_limit_at_limit_minus_one_limit_and_limit_plus_one(server, scenes, encoding, figure):
     statuses = []
     for size in (LIMIT - 1, LIMIT, LIMIT + 1):
         body = _padded(scenes, size)
@@ -137,6 +139,7 @@ def test_body_limit_at_limit_minus_one_limit_and_limit_plus_one(server, scenes, 
         if r.status_code == 413:
             assert str(LIMIT) in r.json()["error"]["message"]
     assert statuses == [200, 200, 413]
+    figure(f"statuses at limit-1, limit, limit+1 ({encoding})", statuses)
 
 
 def test_deep_json_is_a_clear_400(server):
@@ -177,7 +180,7 @@ def test_a_million_one_byte_chunks(server, scenes):
     assert _raw_request(server, head, chunked(body)).startswith(b"HTTP/1.1 200")
 
 
-def test_slowloris_connections_do_not_slow_the_health_probe(server):
+def test_slowloris_connections_do_not_slow_the_health_probe(server, figure):
     socks = []
     try:
         for _ in range(200):
@@ -193,6 +196,7 @@ def test_slowloris_connections_do_not_slow_the_health_probe(server):
                 assert client.get(f"{server.url}/v2/health/live").status_code == 200
                 times.append(time.monotonic() - t)
         assert np.percentile(times, 99) < 0.2, np.percentile(times, 99)
+        figure("health p99 with 200 slowloris connections (ms)", round(1000 * np.percentile(times, 99), 2))
     finally:
         for s in socks:
             s.close()
@@ -291,7 +295,7 @@ def _call(port: int, method: str, path: str, headers: dict, body: bytes | None) 
         conn.close()
 
 
-def test_auth_matrix_every_route(server, scenes):
+def test_auth_matrix_every_route(server, scenes, figure):
     body = json.dumps(payload(scenes.images[:1], task="count")).encode()
     routes = _routes(server.url)
     assert len(routes) >= 12
@@ -309,3 +313,4 @@ def test_auth_matrix_every_route(server, scenes):
         if "/repository/models/" in path:  # load / unload: off unless model_control_mode explicit
             assert status == 403, (method, path)
     assert TOKEN not in server.log.read_text()  # not in the access log, nor in any error
+    figure("routes x header variants", f"{len(routes)} x {len(VARIANTS) + 1}")

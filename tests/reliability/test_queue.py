@@ -62,7 +62,7 @@ def occupy(server: Watched, pool, body: dict):
     return running
 
 
-def test_a_full_queue_rejects_exactly_the_extra_requests_fast(server, pool, scenes):
+def test_a_full_queue_rejects_exactly_the_extra_requests_fast(server, pool, scenes, figure):
     one = payload(scenes.images[:1], task="count", budget="max")
     running = occupy(server, pool, one)
     queued = [pool.submit(post, server.url, one) for _ in range(QUEUE)]
@@ -71,11 +71,13 @@ def test_a_full_queue_rejects_exactly_the_extra_requests_fast(server, pool, scen
     assert [r.status_code for r, _ in extra] == [429] * 10
     assert all(r.headers["Retry-After"] == "1" and "queue is full" in r.text for r, _ in extra)
     assert max(took for _, took in extra) < 0.1
+    figure("rejected of 10 extra (status)", [r.status_code for r, _ in extra].count(429))
+    figure("slowest reject (ms)", round(1000 * max(took for _, took in extra), 1))
     server.release()
     assert [f.result()[0].status_code for f in [running, *queued]] == [200] * (QUEUE + 1)
 
 
-def test_degradation_rejects_nothing_until_the_cheapest_route_is_full(server, pool, scenes):
+def test_degradation_rejects_nothing_until_the_cheapest_route_is_full(server, pool, scenes, figure):
     model = httpx.get(f"{server.url}/v1/models/mnist-scenes").json()
     routes = model["tasks"]["count"]["routes"]
     cheapest = min(routes, key=lambda r: r["flops"])
@@ -102,9 +104,13 @@ def test_degradation_rejects_nothing_until_the_cheapest_route_is_full(server, po
     assert min(trunks) == int(cheapest["id"].split("-")[0][1:]) / 100
     assert trunks.count(min(trunks)) == QUEUE  # the first rejection came when the cheapest trunk was full
     assert all(r.json()["route"]["degraded"] for r in answers[1 + QUEUE :])
+    figure("degraded requests accepted before the first 429", len(accepted))
+    figure("trunks they filled", sorted(set(trunks)))
 
 
-def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_runs(server, pool, scenes):
+def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_runs(
+    server, pool, scenes, figure
+):
     one = payload(scenes.images[:1], task="count", budget="max")
     running = occupy(server, pool, one)
     executed = server.executed()
@@ -116,9 +122,13 @@ def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_run
     server.release()
     assert running.result()[0].status_code == 200
     assert server.executed() - executed == 1  # the running request only
+    figure("503 after (s), timeout 1 s", round(took, 3))
+    figure("instances executed of the timed-out request", server.executed() - executed - 1)
 
 
-def test_a_client_that_goes_away_leaves_the_queue_and_its_running_request_is_dropped(server, pool, scenes):
+def test_a_client_that_goes_away_leaves_the_queue_and_its_running_request_is_dropped(
+    server, pool, scenes, figure
+):
     one = payload(scenes.images[:1], task="count", budget="max")
     executed = server.executed()
     impatient = httpx.Timeout(10, read=0.5)  # httpx closes the connection when it times out
@@ -129,14 +139,16 @@ def test_a_client_that_goes_away_leaves_the_queue_and_its_running_request_is_dro
     for gone in (running, queued):
         with pytest.raises(httpx.ReadTimeout):
             gone.result()
+    t = time.monotonic()
     server.gauges_settle(timeout=2.0)  # both left while the batch still waits at the gate
+    figure("gauges back at 0 after the disconnects (s)", round(time.monotonic() - t, 3))
     server.release()
     wait_for(lambda: server.executed() - executed == 1)  # the queued one never ran
     time.sleep(0.2)
     assert server.executed() - executed == 1
 
 
-def test_a_request_failing_in_the_backend_fails_alone_in_its_batch(server, pool, scenes):
+def test_a_request_failing_in_the_backend_fails_alone_in_its_batch(server, pool, scenes, figure):
     images = scenes.images[:7]
     alone = [server.predict(payload([im], task="count", budget="max")) for im in images]
     poisoned = np.full_like(scenes.images[0], 7)  # a constant input fails in the poisoned backend
@@ -157,6 +169,7 @@ def test_a_request_failing_in_the_backend_fails_alone_in_its_batch(server, pool,
             "field": None,
         }
     }
+    figure("good requests answered correctly", f"{sum(r.status_code == 200 for r in answers)}/7")
     for r, expected in zip(answers, alone):
         assert r.status_code == 200 and r.json()["route"]["batch_size"] == 8  # batched with the bad one
         np.testing.assert_allclose(

@@ -22,7 +22,7 @@ LOOPS = 10
 DRAIN_S = 20
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, scenes, known_input):
+def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, scenes, known_input, figure):
     server = Watched(tmp_path, TRUNKLINE_DRAIN_TIMEOUT_S=str(DRAIN_S)).start(known_input)
     body = payload(scenes.images[:1], task="count", budget="max")
     url = f"{server.url}/v1/predict"
@@ -80,3 +80,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path, scenes, known_i
     late = [o for sent, o in loop_log if sent > t0 + 1.0]
     assert before and set(before) == {"200"}
     assert late and "200" not in late  # refused (connection) or 503, within a second of SIGTERM
+    figure("in-flight answered", f"{answered.count(200)}/{IN_FLIGHT}")
+    figure("ready right after SIGTERM", ready)
+    figure("exit status, seconds after SIGTERM", [rc, round(exited, 2)])
+    figure("loop requests after SIGTERM + 1 s", sorted(set(late)))

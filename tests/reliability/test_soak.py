@@ -8,7 +8,7 @@ from bench.soak import chaos, memory_growth
 REQUESTS = 1000
 
 
-def test_memory_growth_passes_and_a_deliberate_leak_fails_the_same_check(serve):
+def test_memory_growth_passes_and_a_deliberate_leak_fails_the_same_check(serve, figure):
     server = serve()
     clean = memory_growth(server.url, server.proc.pid, REQUESTS)
     assert clean["passed"], clean
@@ -16,9 +16,11 @@ def test_memory_growth_passes_and_a_deliberate_leak_fails_the_same_check(serve):
     leaky = serve(TRUNKLINE_TEST_LEAK_KIB="256")
     leaked = memory_growth(leaky.url, leaky.proc.pid, REQUESTS)
     assert not leaked["passed"], leaked  # 256 KiB a request: the same check catches it
+    figure("clean", clean)
+    figure("leak control", leaked)
 
 
-def test_chaos_two_minutes(serve):
+def test_chaos_two_minutes(serve, figure):
     server = serve()
     result = chaos(server.url, server.proc.pid, 120, log=lambda _: None)
     assert result["valid_requests"] > 100 and not result["valid_failures"], result
@@ -26,3 +28,4 @@ def test_chaos_two_minutes(serve):
     assert result["others"]["malformed"] and set(result["others"]["malformed"]) <= {"400", "413", "422"}
     assert set(result["others"]["short deadline"]) <= {"200", "503"}
     assert set(result["others"]["burst"]) <= {"200", "429", "503"}
+    figure("chaos", result)
