@@ -167,20 +167,29 @@ def decode_png(data: str, field: str, shape: tuple[int, int]) -> np.ndarray:
         header, _, data = data.partition(",")
         if not header.endswith(";base64") or not header.startswith("data:image/png"):
             raise InputError(field, "a data URL must be 'data:image/png;base64,<base64 PNG>'")
+    # a PNG of the input's size is at most a few KiB (even 16-bit RGBA, stored uncompressed):
+    # anything much larger carries something else (a huge text chunk, a bomb), refused unread
+    limit = max(64 * 1024, 16 * shape[0] * shape[1])
+    if len(data) > limit * 4 // 3 + 4:
+        raise InputError(field, f"is over {limit} bytes: a {shape[1]}x{shape[0]} PNG is far smaller")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(field, "is not valid base64 (expected a base64-encoded PNG)") from None
     try:
+        # the header alone: its size is checked before any pixel is decoded or allocated
         with Image.open(io.BytesIO(raw), formats=("PNG",)) as img:
             if img.size != (shape[1], shape[0]):
                 raise InputError(
                     field, f"must be {shape[1]}x{shape[0]} pixels, got {img.size[0]}x{img.size[1]}"
                 )
+            if getattr(img, "is_animated", False):
+                raise InputError(field, "must be a single-frame PNG, got an animated one")
             return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
     except UnidentifiedImageError:
         raise InputError(field, "must be a PNG image") from None
-    except (OSError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        # truncated or corrupt data; PIL raises ValueError for an oversized text chunk
         raise InputError(field, "is not a decodable PNG image") from None
 
 

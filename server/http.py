@@ -262,28 +262,29 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 async def until_disconnect(work: Awaitable[Response], receive: Receive) -> Response:
-    """Await `work` while watching the connection: when the client goes away first, `work` is
-    cancelled (a queued request leaves the queue; a running one's result is dropped)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(receive))
+    """Await `work` while a watcher listens to the connection: when the client goes away
+    first, `work` is cancelled (a queued request leaves the queue; a running one's result is
+    dropped) and ClientDisconnect raised. One task a request, no more."""
+    me = asyncio.current_task()
+    gone = asyncio.Event()
+    watch = asyncio.get_running_loop().create_task(_watch(receive, me, gone))
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not gone.is_set():
+            raise  # cancelled by someone else (the server stopping)
+        me.uncancel()
+        raise ClientDisconnect() from None
     finally:
         watch.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnect()
-    return task.result()
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client disconnects (the body has been read: nothing else comes)."""
+async def _watch(receive: Receive, task: asyncio.Task, gone: asyncio.Event) -> None:
+    """Cancel `task` when the client disconnects (the body has been read: nothing else comes)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    gone.set()
+    task.cancel()
 
 
 async def answer(call: Call, receive: Receive, handler: Handler, write: Callable) -> Response:

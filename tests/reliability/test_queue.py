@@ -117,12 +117,15 @@ def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_run
     late, took = post(server.url, payload(scenes.images[1:2], task="count", budget="max", timeout_ms=1000))
     assert late.status_code == 503 and late.headers["Retry-After"] == "1", late.text
     assert "in the queue" in late.json()["error"]["message"]
-    assert abs(took - 1.0) <= 0.2, took
+    # when the server answered, by its own clock (Server-Timing: the client's clock adds its
+    # connection and any stall of this shared machine)
+    answered = float(late.headers["Server-Timing"].rsplit("total;dur=", 1)[1]) / 1000
+    assert abs(answered - 1.0) <= 0.2, (answered, took)
     assert server.metric("trunkline_queue_depth") == 0
     server.release()
     assert running.result()[0].status_code == 200
     assert server.executed() - executed == 1  # the running request only
-    figure("503 after (s), timeout 1 s", round(took, 3))
+    figure("503 after (s, server / client clock), timeout 1 s", [round(answered, 3), round(took, 3)])
     figure("instances executed of the timed-out request", server.executed() - executed - 1)
 
 

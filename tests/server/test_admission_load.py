@@ -2,7 +2,12 @@
 `timeout_ms` are answered, not shed, on a fresh server and after a heavy multi-task request,
 run after run. A server once fell into shedding nearly everything and stayed there: after
 one 48-image request its estimates stayed high, few batches ran to correct them, and 16
-clients got 503s for all but ~16% of their requests."""
+clients got 503s for all but ~16% of their requests.
+
+Each run counts the requests sent after its first second: on a fresh server the first batches
+at each batch size run cold (several times their calibrated time), the slowdown estimate
+jumps and some requests are shed for about a second (seen: 51-64% answered over the first
+3 s in 3 of 12 runs); what must never happen is shedding that lasts."""
 
 import asyncio
 import time
@@ -25,23 +30,27 @@ def fresh(scenes):
     s.stop()
 
 
-def closed_loop(url: str, body: dict, clients: int, seconds: float) -> list[int]:
-    """`clients` connections, each sending the next request as soon as the last is answered."""
+def closed_loop(url: str, body: dict, clients: int, seconds: float, after: float = 0.0) -> list[int]:
+    """`clients` connections, each sending the next request as soon as the last is answered;
+    the statuses of the requests sent `after` seconds or later."""
     data = orjson.dumps(body)
 
     async def main() -> list[int]:
         statuses: list[int] = []
-        stop = time.monotonic() + seconds
+        start = time.monotonic()
+        stop = start + seconds
         connector = aiohttp.TCPConnector(limit=clients)
         async with aiohttp.ClientSession(connector=connector) as session:
 
             async def client() -> None:
                 while time.monotonic() < stop:
+                    sent = time.monotonic() - start
                     async with session.post(
                         f"{url}/v1/predict", data=data, headers={"content-type": "application/json"}
                     ) as r:
                         await r.read()
-                        statuses.append(r.status)
+                        if sent >= after:
+                            statuses.append(r.status)
 
             await asyncio.gather(*(client() for _ in range(clients)))
         return statuses
@@ -55,6 +64,6 @@ def test_requests_with_timeouts_are_answered_run_after_run(fresh, scenes):
     for run in range(4):
         if run == 2:  # one unusual batch: 48 images through all four tasks
             assert httpx.post(f"{fresh.url}/v1/predict", json=heavy, timeout=120).status_code == 200
-        statuses = closed_loop(fresh.url, body, clients=16, seconds=3)
+        statuses = closed_loop(fresh.url, body, clients=16, seconds=4, after=1.0)
         answered = statuses.count(200) / len(statuses)
         assert set(statuses) <= {200, 503} and answered >= 0.9, (run, len(statuses), answered)
