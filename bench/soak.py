@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -259,15 +260,12 @@ def chaos(url: str, pid: int, seconds: float, log: Callable[[str], None] = print
     first = [t for at, s, t in valid if at < tenth and s == 200]
     last = [t for at, s, t in valid if at >= seconds - tenth and s == 200]
     p99_first, p99_last = percentile(first, 99) * 1000, percentile(last, 99) * 1000
-    failed = {str(s): 0 for _, s, _ in valid if s != 200}
-    for _, s, _ in valid:
-        if s != 200:
-            failed[str(s)] += 1
+    failed = Counter(str(s) for _, s, _ in valid if s != 200)
     end_gauges = gauges(url)
     return {
         "seconds": round(seconds),
         "valid_requests": len(valid),
-        "valid_failures": failed,
+        "valid_failures": dict(failed),
         "others": others,
         "p99_ms_first_tenth": round(p99_first, 2),
         "p99_ms_last_tenth": round(p99_last, 2),

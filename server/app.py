@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,6 +58,25 @@ class Trunkline(FastAPI):
         call = Call.of(self.state, Headers(scope=scope), params)
         response = await answer(call, receive, handler, write)
         await response(scope, receive, send)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, not ready from the moment a shutdown signal arrives: the readiness
+    probe answers 503 and new predictions are refused while in-flight ones finish. A drain
+    that SIGTERM asked for ends in exit status 0 (uvicorn would raise the signal again once
+    drained, so that the process dies of it: status 143 to an orchestrator)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig, frame) -> None:
+        repository = getattr(self.app.state, "repository", None)
+        if repository is not None:
+            repository.draining = True
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
+            self._captured_signals.remove(sig)
 
 
 def create_app(settings: Settings | None = None, *, calibrate_before_serving: bool = False) -> FastAPI:

@@ -8,41 +8,14 @@ import logging
 import sys
 
 
-def _draining_server():
-    import signal
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, not ready from the moment a shutdown signal arrives: the readiness
-        probe answers 503 and new predictions are refused while in-flight ones finish. A drain
-        that SIGTERM asked for ends in exit status 0 (uvicorn would raise the signal again
-        once drained, so that the process dies of it: status 143 to an orchestrator)."""
-
-        def __init__(self, config: uvicorn.Config, app) -> None:
-            super().__init__(config)
-            self.app = app
-
-        def handle_exit(self, sig, frame) -> None:
-            repository = getattr(self.app.state, "repository", None)
-            if repository is not None:
-                repository.draining = True
-            super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
-                self._captured_signals.remove(sig)
-
-    return Server
-
-
 def _serve(args: argparse.Namespace) -> None:
     import os
 
     import uvicorn
 
-    from server.app import create_app
+    from server.app import DrainingServer, create_app
     from server.settings import Settings
 
-    _Server = _draining_server()
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(
@@ -59,7 +32,7 @@ def _serve(args: argparse.Namespace) -> None:
     }
     if settings.workers == 1:
         app = create_app(settings)
-        _Server(uvicorn.Config(app, **common), app).run()
+        DrainingServer(uvicorn.Config(app, **common), app).run()
         return
     # several worker processes on one port, each with its own copy of every model: they read
     # their settings from the environment, so the flags go there
