@@ -18,7 +18,14 @@ from server.engine import RequestOptions
 from server.errors import InvalidInput, ModelNotFound, TooLarge, UnsupportedMediaType
 from server.http import Call, V1Route, answer, model_response, parse_json, require_auth, v1_error
 from server.repository import ModelRepository
-from server.schemas import ErrorResponse, ModelList, ModelSummary, PredictRequest, PredictResponse
+from server.schemas import (
+    ErrorResponse,
+    ModelList,
+    ModelSummary,
+    PredictRequest,
+    PredictResponse,
+    openapi_body,
+)
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_auth)], route_class=V1Route)
 
@@ -91,11 +98,7 @@ def decode_inputs(req: PredictRequest, adapter: ModelAdapter) -> np.ndarray:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
+            "content": {"application/json": {"schema": openapi_body(PredictRequest)}},
         }
     },
 )

@@ -18,14 +18,14 @@ from server.engine import Engine, RequestOptions
 from server.errors import InvalidInput
 from server.http import Call, V2Route, answer, json_response, parse_json, require_auth, v2_error
 from server.repository import ModelRepository
-from server.schemas import InferOutput, InferRequest, InferResponse, RepositoryEntry, V2Error
+from server.schemas import InferOutput, InferRequest, InferResponse, RepositoryEntry, V2Error, openapi_body
 
 health = APIRouter(prefix="/v2", tags=["v2 health"], route_class=V2Route)
 router = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_auth)], route_class=V2Route)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-ERRORS = {s: {"model": V2Error} for s in (400, 401, 403, 404, 413, 415, 429, 503)}
+ERRORS = {s: {"model": V2Error} for s in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
 
 
 def repository(request: Request) -> ModelRepository:
@@ -252,13 +252,38 @@ def respond(
     )
 
 
-@router.post("/models/{model}/infer", responses=ERRORS)
-@router.post("/models/{model}/versions/{version}/infer", responses=ERRORS)
-async def infer_route(model: str, request: Request, version: str | None = None) -> Response:
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": openapi_body(InferRequest)},
+            # the binary tensor data extension: the JSON header, then the tensors' bytes
+            # (Inference-Header-Content-Length: the header's length)
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{model}/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_BODY
+)
+async def infer_route(model: str, request: Request) -> Response:
     """Served by `infer` straight from ASGI (server.app); declared here for the OpenAPI page
     and for apps that mount this router."""
     call = Call.of(request.app.state, request.headers, dict(request.path_params))
     return await answer(call, request.receive, infer, v2_error)
+
+
+@router.post(
+    "/models/{model}/versions/{version}/infer",
+    response_model=InferResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
+async def infer_version_route(model: str, version: str, request: Request) -> Response:
+    """`infer` for one version of the model (404 when another is loaded)."""
+    return await infer_route(model, request)
 
 
 async def infer(call: Call) -> Response:

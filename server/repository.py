@@ -240,18 +240,19 @@ class ModelRepository:
     async def _build(self, slot: Slot, background: bool) -> Engine:
         started = time.perf_counter()
         path, version = version_folder(slot.source)
+        engine = None
         try:
             adapter = await self.compute.run(load_adapter, path, slot.name, version, background=background)
-        except checkpoint.CheckpointError as e:
+            engine = Engine(adapter, self.settings, self.compute, self.metrics)
+            engine.batcher.start()
+            await engine.start(background=background)
+        except BaseException as e:
+            if engine is not None:
+                await engine.stop()
+            if not isinstance(e, checkpoint.CheckpointError):  # a refused artifact: checkpoint or graph
+                raise
             log.warning("loading %s failed: %s", slot.name, e)
             raise LoadFailed(f"failed to load model {slot.name!r}: {e}") from None
-        engine = Engine(adapter, self.settings, self.compute, self.metrics)
-        engine.batcher.start()
-        try:
-            await engine.start(background=background)
-        except BaseException:
-            await engine.stop()
-            raise
         log.info("loaded %s version %s in %.1f s", slot.name, version, time.perf_counter() - started)
         return engine
 

@@ -21,6 +21,24 @@ BudgetValue = Annotated[float | str, BeforeValidator(_budget_value)]
 PositiveNumber = Annotated[float, Field(strict=True, gt=0)]
 
 
+def openapi_body(model: type[BaseModel]) -> dict:
+    """A request model's JSON schema for an OpenAPI requestBody, its nested models inlined
+    (`$defs` would be looked up at the document's root, where there are none)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,9 +49,20 @@ class _Answer(BaseModel):
 
 # -- /v1 ---------------------------------------------------------------------------------
 class PredictRequest(_Wire):
+    model_config = ConfigDict(
+        extra="forbid",
+        # exactly one of `task` and `tasks` (an explicit null is "not given")
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["task"], "properties": {"task": {"type": "string"}}},
+                {"required": ["tasks"], "properties": {"tasks": {"type": ["array", "string"]}}},
+            ]
+        },
+    )
+
     model: str | None = Field(None, description="model name; default: the first hosted model")
-    task: str | None = Field(None, description="one task; or use `tasks`")
-    tasks: list[str] | str | None = Field(
+    task: str | None = Field(None, min_length=1, description="one task; or use `tasks`")
+    tasks: list[Annotated[str, Field(min_length=1)]] | Annotated[str, Field(min_length=1)] | None = Field(
         None, description="several tasks over one trunk pass (a list, or one comma-separated string)"
     )
     budget: BudgetValue | None = Field(
@@ -93,8 +122,8 @@ class PredictResponse(_Answer):
 
 class ModelSummary(_Answer):
     name: str
-    version: str | None
-    family: str | None
+    version: str | None = None  # none until loaded
+    family: str | None = None
     tasks: list[str]
     state: Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
     reason: str = ""

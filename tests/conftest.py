@@ -72,9 +72,9 @@ def server():
 def onnx_server(tmp_path_factory):
     # mnist-scenes only: exporting every text route cold takes ~15 minutes here (the text
     # model's ONNX parity is tested per route in tests/models/test_text.py)
-    s = RunningServer(
-        "onnxruntime", TRUNKLINE_ONNX_DIR=str(tmp_path_factory.mktemp("onnx")), TRUNKLINE_MODEL="mnist-scenes"
-    )
+    onnx_dir = tmp_path_factory.mktemp("onnx")
+    s = RunningServer("onnxruntime", TRUNKLINE_ONNX_DIR=str(onnx_dir), TRUNKLINE_MODEL="mnist-scenes")
+    s.onnx_dir = onnx_dir  # its exported graphs, for servers that reuse them
     s.wait_ready()
     yield s
     s.stop()

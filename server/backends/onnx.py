@@ -2,7 +2,8 @@
 
 Graphs are exported into a cache directory keyed by the checkpoint's fingerprint, so a
 restart or a reload of the same checkpoint reuses them. CUDA is used when onnxruntime-gpu
-and a GPU are present.
+and a GPU are present. A graph whose tensors keep their data in files outside its folder
+(`../`, an absolute path, a symlink out) is refused before onnxruntime opens it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from models.adapter import ModelAdapter
+from models.checkpoint import CheckpointError
 from models.export import path_file, trunk_file
 from models.routes import Route
 
@@ -20,6 +23,40 @@ from models.routes import Route
 def providers() -> list[str]:
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class UnsafeGraph(CheckpointError):
+    """An ONNX graph that would read files outside its own folder."""
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor of a graph and of its subgraphs: initializers and attribute values."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [attr.g] if attr.HasField("g") else []:
+                yield from _tensors(sub)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(file: Path) -> None:
+    """Raise UnsafeGraph when a tensor of `file` keeps its data outside the graph's folder."""
+    model = onnx.load(str(file), load_external_data=False)
+    folder = file.parent.resolve()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = (folder / location).resolve()  # follows symlinks
+        if Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(folder):
+            raise UnsafeGraph(
+                f"{file.name}: tensor {tensor.name!r} keeps its data at {location!r}, "
+                "outside the graph's folder"
+            )
 
 
 class OnnxBackend:
@@ -36,6 +73,7 @@ class OnnxBackend:
         self.paths: dict[tuple[str, Route], ort.InferenceSession] = {}
 
     def _session(self, file: Path) -> ort.InferenceSession:
+        check_external_data(file)
         return ort.InferenceSession(str(file), self.options, providers=providers())
 
     def add_trunk(self, route: Route) -> None:

@@ -1,6 +1,7 @@
 """Safe loading: a pickle in a model folder never runs; model names that climb out of the
 repository never reach a file outside it; a checkpoint whose recorded base sha256 is wrong
-fails with a clear error and the server goes on serving."""
+fails with a clear error and the server goes on serving; an ONNX graph whose external data
+lies outside its folder is refused before onnxruntime opens it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import onnx
 
 from models.checkpoint import BUNDLED
 
@@ -91,3 +93,63 @@ def test_pickles_never_run_and_names_never_leave_the_repository(tmp_path, serve,
     assert not sentinel.exists()
     figure("climbing names x routes, statuses", statuses)
     figure("wrong base sha256", r.json()["error"][:160])
+
+
+def _graph_reading(out: Path, location: str) -> None:
+    """A one-node ONNX graph whose weight is kept in the external file `location`."""
+    weight = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    image = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, None)
+    output = onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["image", "w"], ["output"])], "g", [image], [output], [weight]
+    )
+    out.write_bytes(onnx.helper.make_model(graph).SerializeToString())
+
+
+def test_onnx_external_data_outside_the_graph_folder_is_refused(tmp_path, onnx_server, serve, figure):
+    from server.backends.onnx import check_external_data
+
+    # the model's graphs as the onnx_server fixture exported them, and a copy named "hostile"
+    # (same files, same fingerprint) whose cached graphs read a file outside their folder
+    (healthy,) = onnx_server.onnx_dir.glob("mnist-scenes-*")
+    hostile = onnx_server.onnx_dir / healthy.name.replace("mnist-scenes", "hostile", 1)
+    hostile.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x00" * 16)
+    (hostile / "link.bin").symlink_to(secret)
+    locations = {"climb": f"../../{tmp_path.name}/secret.bin", "absolute": str(secret), "symlink": "link.bin"}
+
+    def plant(location: str) -> None:
+        for graph in healthy.glob("*.onnx"):
+            _graph_reading(hostile / graph.name, location)
+
+    repo = tmp_path / "repo"
+    shutil.copytree(BUNDLED / "mnist-scenes", repo / "hostile")
+    plant(locations["climb"])
+    server = serve(
+        TRUNKLINE_BACKEND="onnxruntime",
+        TRUNKLINE_ONNX_DIR=str(onnx_server.onnx_dir),
+        TRUNKLINE_MODEL_REPOSITORY=str(repo),
+        TRUNKLINE_MODEL_CONTROL_MODE="explicit",
+    )
+    errors = {}
+    index = {m["name"]: m for m in httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()}
+    assert index["hostile"]["state"] == "UNAVAILABLE" and "outside" in index["hostile"]["reason"], index
+    errors["climb (at start)"] = index["hostile"]["reason"]
+    for kind in ("absolute", "symlink"):
+        plant(locations[kind])
+        r = httpx.post(f"{server.url}/v2/repository/models/hostile/load", timeout=300)
+        assert r.status_code == 400 and "outside the graph's folder" in r.json()["error"], r.text
+        errors[kind] = r.json()["error"]
+    # the check refuses only what leaves the folder: data beside the graph is fine
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "weights.bin").write_bytes(b"\x00" * 16)
+    _graph_reading(inside / "g.onnx", "weights.bin")
+    check_external_data(inside / "g.onnx")
+    figure("ONNX external data outside the folder", {k: v[-90:] for k, v in errors.items()})
