@@ -117,7 +117,7 @@ async def predict(call: Call) -> Response:
     with call.repository.lease(req.model) as engine:
         call.model = engine.name
         opts = request_options(req)
-        call.tasks = opts.tasks
+        call.tasks = engine.known_tasks(opts.tasks)
         limit = engine.settings.max_instances
         if len(req.inputs) > limit:
             raise TooLarge(f"inputs has {len(req.inputs)} instances; the limit is {limit}", "inputs")

@@ -292,7 +292,7 @@ async def infer(call: Call) -> Response:
     with call.repository.lease(call.params["model"], call.params.get("version")) as engine:
         call.model = engine.name
         opts = request_options(req, engine)
-        call.tasks = opts.tasks
+        call.tasks = engine.known_tasks(opts.tasks)
         tensor, field, n = input_tensor(req, binary, engine)
         timings.lap("parse")
         admission = engine.admit(opts, n, "parameters.priority", call.arrived)

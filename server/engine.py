@@ -165,6 +165,11 @@ class Engine:
         await self.batcher.stop()
 
     # -- requests ----------------------------------------------------------------------
+    def known_tasks(self, tasks: list[str]) -> list[str]:
+        """The model's tasks among `tasks`, once each: what a metric may be labelled with (a
+        client's made-up task names would make a new series each, without end)."""
+        return [t for t in dict.fromkeys(tasks) if t in self.adapter.tasks]
+
     def check_tasks(self, tasks: list[str], field: str) -> None:
         if not tasks:
             raise InvalidInput(f"{field} must name at least one task of {self.tasks}", field)

@@ -12,13 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import Watched
 
 INFER = "/v2/models/mnist-scenes/infer"
-# cases per operation; 16 operations x 640 = 10,240 in all (TRUNKLINE_FUZZ_EXAMPLES to change)
-EXAMPLES = int(os.environ.get("TRUNKLINE_FUZZ_EXAMPLES", "640"))
+# schemathesis' examples per operation and phase: 50 makes ~1,300 cases (30 s), CI's share; 700
+# makes ~12,000 (10 minutes), the run docs/reliability.md reports (TRUNKLINE_FUZZ_EXAMPLES=700)
+EXAMPLES = int(os.environ.get("TRUNKLINE_FUZZ_EXAMPLES", "50"))
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +43,30 @@ def test_schemathesis_every_check_over_the_openapi_document(server, tmp_path, fi
     operations are off in this server (403, as declared), so nothing is reloaded under it."""
     config = tmp_path / "schemathesis.toml"
     config.write_text(
-        # what a schema cannot say: the model's own task names, image sizes and tensor names. A
-        # schema-valid request naming a task the model lacks is refused with the API's 4xx
-        '[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "400", "404", "413", "422"]\n'
+        # schemathesis' defaults, and what a schema cannot say: the model's own task names, image
+        # sizes and tensor names (a schema-valid request naming a task the model lacks is refused
+        # with the API's 400 or 422) and the body limit (413)
+        "[checks.positive_data_acceptance]\n"
+        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "400", "413", "422"]\n'
     )
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
         [
-            str(st), "--config-file", str(config), "run", f"{server.url}/openapi.json",
-            "--checks", "all", "--max-examples", str(EXAMPLES), "--workers", "2",
-            "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all",
-            "--seed", "1", "--no-color", "--request-timeout", "30",
+            str(st), "--config-file", str(config), "--no-color", "run", f"{server.url}/openapi.json",
+            "--checks", "all", "--max-examples", str(EXAMPLES), "--suppress-health-check", "all",
+            "--seed", "1", "--request-timeout", "30",
         ],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
-    cases = sum(int(n) for n in re.findall(r"(\d+) generated", out))
-    assert cases >= 10 * EXAMPLES, out[-3000:]
+    cases = int(re.search(r"(\d+) generated, \1 passed", out).group(1))
+    assert cases >= 20 * EXAMPLES, out[-3000:]
     assert server.proc.poll() is None and server.proc.pid == server.pid
+    # every label value is the server's own, never a fuzzed string (each would be a series for good)
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    tasks = set(re.findall(r'^trunkline_requests_total\{.*task="([^"]*)"', metrics, re.M))
+    assert tasks <= {"", "count", "presence", "sum", "segment"}, sorted(tasks)[:10]
     figure("schemathesis cases, failures", [cases, 0])
 
 

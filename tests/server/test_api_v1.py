@@ -171,3 +171,11 @@ def test_openapi_docs_and_metrics(server, scenes):
     ):
         assert name in text
     assert 'task="count"' in text and 'status="200"' in text
+
+
+def test_made_up_task_names_never_become_metric_labels(server, scenes):
+    """Each label value is a series kept for good: a client's task names must not make them."""
+    for task in ("no-such-task-1", "no-such-task-2", "count,no-such-task-3"):
+        assert post(server, payload(scenes.images[:1], tasks=task)).status_code == 422
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "no-such-task" not in text
