@@ -37,8 +37,8 @@ def _tensors(graph: onnx.GraphProto):
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
-            for sub in [attr.g] if attr.HasField("g") else []:
-                yield from _tensors(sub)
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
             for sub in attr.graphs:
                 yield from _tensors(sub)
 
