@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # every comparison of issue 5 side by side; writes bench/RESULTS.md, bench/plots/, bench/results.json
 bench: $(STAMP)

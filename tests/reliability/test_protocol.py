@@ -195,7 +195,8 @@ def test_slowloris_connections_do_not_slow_the_health_probe(server, figure):
                 t = time.monotonic()
                 assert client.get(f"{server.url}/v2/health/live").status_code == 200
                 times.append(time.monotonic() - t)
-        assert np.percentile(times, 99) < 0.2, np.percentile(times, 99)
+        # a probe stuck behind them would wait out its 10 s timeout; 1 s leaves room for a stall
+        assert np.percentile(times, 99) < 1.0, np.percentile(times, 99)
         figure("health p99 with 200 slowloris connections (ms)", round(1000 * np.percentile(times, 99), 2))
     finally:
         for s in socks:

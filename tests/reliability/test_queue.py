@@ -15,6 +15,9 @@ from tests.server.helpers import payload
 from .conftest import Watched
 
 QUEUE = 8
+# A refusal answers at once; a request that waited for room would not answer before the gate
+# opens, so a generous bound separates the two without timing the machine (CI saw 104 ms).
+AT_ONCE = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def test_a_full_queue_rejects_exactly_the_extra_requests_fast(server, pool, scen
     extra = [post(server.url, one) for _ in range(10)]
     assert [r.status_code for r, _ in extra] == [429] * 10
     assert all(r.headers["Retry-After"] == "1" and "queue is full" in r.text for r, _ in extra)
-    assert max(took for _, took in extra) < 0.1
+    assert max(took for _, took in extra) < AT_ONCE
     figure("rejected of 10 extra (status)", [r.status_code for r, _ in extra].count(429))
     figure("slowest reject (ms)", round(1000 * max(took for _, took in extra), 1))
     server.release()
@@ -95,7 +98,7 @@ def test_degradation_rejects_nothing_until_the_cheapest_route_is_full(server, po
             rejected, took = future.result()
             break
         accepted.append(future)
-    assert rejected.status_code == 429 and "down to min_budget" in rejected.text and took < 0.1
+    assert rejected.status_code == 429 and "down to min_budget" in rejected.text and took < AT_ONCE
     server.release()
     answers = [f.result()[0] for f in [running, *at_max, *accepted]]
     assert all(r.status_code == 200 for r in answers)
@@ -120,7 +123,7 @@ def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_run
     # when the server answered, by its own clock (Server-Timing: the client's clock adds its
     # connection and any stall of this shared machine)
     answered = float(late.headers["Server-Timing"].rsplit("total;dur=", 1)[1]) / 1000
-    assert abs(answered - 1.0) <= 0.2, (answered, took)
+    assert 0.8 <= answered <= 1.5, (answered, took)  # not early; late only by a stall
     assert server.metric("trunkline_queue_depth") == 0
     server.release()
     assert running.result()[0].status_code == 200
