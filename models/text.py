@@ -309,12 +309,14 @@ class TextAdapter(ModelAdapter):
 
     def export_trunk(self, route: Route, out: Path) -> Path:
         batch = torch.from_numpy(self.example_batch(2))
-        return _export(self.model.extract_trunk(route), (batch,), ["text"], out)
+        return _export(self.model.extract_trunk(route), (batch,), ["text"], out, {0: "batch", 1: "seq"})
 
     def export_path(self, task: str, route: Route, out: Path) -> Path:
         batch = torch.from_numpy(self.example_batch(2))
         tokens = self.model.extract_trunk(route)(batch)
-        return _export(self.model.extract_path(task, route), (tokens, batch), ["tokens", "text"], out)
+        return _export(
+            self.model.extract_path(task, route), (tokens, batch), ["tokens", "text"], out, {0: "batch"}
+        )
 
 
 def pad(rows: list[np.ndarray]) -> np.ndarray:
@@ -354,11 +356,9 @@ def _length_prefixed(raw: bytes | memoryview, n: int, field: str) -> list[memory
     return out
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], out: Path) -> Path:
+def _export(module: nn.Module, args: tuple, names: list[str], out: Path, output: dict) -> Path:
     """ONNX with dynamic batch and sequence axes (the text batch is [B, 2, T], tokens [B, T, D])."""
-    from models.export import BATCH
     from models.export import _export as export_graph
 
-    seq = torch.export.Dim("seq", min=2, max=512)
-    shapes = tuple({0: BATCH, 1: seq} if n == "tokens" else {0: BATCH, 2: seq} for n in names)
-    return export_graph(module, args, names, out, shapes)
+    axes = tuple({0: "batch", 1: "seq"} if n == "tokens" else {0: "batch", 2: "seq"} for n in names)
+    return export_graph(module, args, names, out, axes, output)

@@ -59,6 +59,18 @@ def check_external_data(file: Path) -> None:
             )
 
 
+class Graph:
+    """A session fed only the inputs its graph declares (the exporter drops an input that a
+    path never reads, as a count head does the image)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.inputs = {i.name for i in session.get_inputs()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0]
+
+
 class OnnxBackend:
     name = "onnxruntime"
 
@@ -69,12 +81,12 @@ class OnnxBackend:
         self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.trunks: dict[str, ort.InferenceSession] = {}
-        self.paths: dict[tuple[str, Route], ort.InferenceSession] = {}
+        self.trunks: dict[str, Graph] = {}
+        self.paths: dict[tuple[str, Route], Graph] = {}
 
-    def _session(self, file: Path) -> ort.InferenceSession:
+    def _session(self, file: Path) -> Graph:
         check_external_data(file)
-        return ort.InferenceSession(str(file), self.options, providers=providers())
+        return Graph(ort.InferenceSession(str(file), self.options, providers=providers()))
 
     def add_trunk(self, route: Route) -> None:
         file = self.out / trunk_file(route)
@@ -89,7 +101,7 @@ class OnnxBackend:
         self.paths[(task, route)] = self._session(file)
 
     def run_trunk(self, trunk: str, batch: np.ndarray) -> np.ndarray:
-        return self.trunks[trunk].run(None, {self.adapter.input_name: batch})[0]
+        return self.trunks[trunk].run({self.adapter.input_name: batch})
 
     def run_path(self, task: str, route: Route, tokens: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        return self.paths[(task, route)].run(None, {"tokens": tokens, self.adapter.input_name: batch})[0]
+        return self.paths[(task, route)].run({"tokens": tokens, self.adapter.input_name: batch})
