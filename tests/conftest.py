@@ -70,8 +70,8 @@ def server():
 
 @pytest.fixture(scope="session")
 def onnx_server(tmp_path_factory):
-    # mnist-scenes only: exporting every text route cold takes ~15 minutes here (the text
-    # model's ONNX parity is tested per route in tests/models/test_text.py)
+    # mnist-scenes only: the text model's ONNX parity is tested per route in
+    # tests/models/test_text.py (a cold onnxruntime start of it adds ~2 minutes)
     onnx_dir = tmp_path_factory.mktemp("onnx")
     s = RunningServer("onnxruntime", TRUNKLINE_ONNX_DIR=str(onnx_dir), TRUNKLINE_MODEL="mnist-scenes")
     s.onnx_dir = onnx_dir  # its exported graphs, for servers that reuse them
