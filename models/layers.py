@@ -69,7 +69,8 @@ class Attention(nn.Module):
         """The first `heads` heads as a FusedAttention, its output multiplied by `scale`."""
         weight, bias = self._qkv_params(heads)
         n = heads * self.head_dim
-        return FusedAttention.of(weight, bias, *_scaled(self.proj.weight[:, :n], self.proj.bias, scale), heads)
+        out_weight, out_bias = _scaled(self.proj.weight[:, :n], self.proj.bias, scale)
+        return FusedAttention.of(weight, bias, out_weight, out_bias, heads)
 
     @torch.no_grad()
     def reorder_(self) -> None:
@@ -234,8 +235,12 @@ class FusedAttention(nn.Module):
     @classmethod
     @torch.no_grad()
     def of(
-        cls, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, out_weight: torch.Tensor,
-        out_bias: torch.Tensor, heads: int,
+        cls,
+        qkv_weight: torch.Tensor,
+        qkv_bias: torch.Tensor,
+        out_weight: torch.Tensor,
+        out_bias: torch.Tensor,
+        heads: int,
     ) -> FusedAttention:
         """From a q|k|v projection stacked by rows (unscaled) and an output projection."""
         n = qkv_weight.shape[0] // 3

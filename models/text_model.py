@@ -763,8 +763,10 @@ def base_encoder(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextTrunk:
         params = {
             name: (state[f"{prefix}.weight"], state[f"{prefix}.bias"])
             for name, prefix in (
-                ("q", f"{p}attention.self.query"), ("k", f"{p}attention.self.key"),
-                ("v", f"{p}attention.self.value"), ("o", f"{p}attention.output.dense"),
+                ("q", f"{p}attention.self.query"),
+                ("k", f"{p}attention.self.key"),
+                ("v", f"{p}attention.self.value"),
+                ("o", f"{p}attention.output.dense"),
             )
         }
         norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
