@@ -143,7 +143,9 @@ class ModelAdapter:
 
     def fingerprint(self) -> str:
         """A hash of the checkpoint's files: keys caches (ONNX graphs, calibration)."""
-        digest = hashlib.sha256(self.family.encode())
+        from models.export import EXPORT_VERSION
+
+        digest = hashlib.sha256(f"{self.family} export-{EXPORT_VERSION}".encode())
         files = (
             p for p in self.path.rglob("*") if p.is_file() and p.relative_to(self.path).parts[0] != "onnx"
         )

@@ -250,8 +250,8 @@ class SelfAttention(nn.Module):
         qkv_b = torch.cat([params[n][1] for n in "qkv"])
         return cls(FusedAttention.of(qkv_w, qkv_b, *params["o"], heads), copy.deepcopy(norm))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.attn(x, bias))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.attn(x, bias, mask))
 
 
 class FeedForward(nn.Module):
@@ -273,8 +273,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attn, self.ffn = attn, ffn
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.ffn(self.attn(x, bias))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`bias`: the additive attention mask that `mask` ([B, T], 1 real) makes."""
+        return self.ffn(self.attn(x, bias, mask))
 
 
 class SlimAttention(nn.Module):
@@ -490,10 +491,11 @@ class TextTrunk(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(batch[:, 0])
-        bias = mask_bias(batch[:, 1])
+        mask = batch[:, 1]
+        bias = mask_bias(mask)
         for layer in self.layers:
-            x = layer(x, bias)
-        return self.shared(x, bias) if self.shared is not None else x
+            x = layer(x, bias, mask)
+        return self.shared(x, bias, mask) if self.shared is not None else x
 
 
 class TextPath(nn.Module):
@@ -512,7 +514,7 @@ class TextPath(nn.Module):
         bias = mask_bias(mask)
         tokens = self.ffn(tokens)
         for layer in self.layers:
-            tokens = layer(tokens, bias)
+            tokens = layer(tokens, bias, mask)
         return self.kind.activate(self.head(tokens, mask))
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig
-from models.layers import Block, RouteBlock
+from models.layers import Block, RouteBlock, reshape_kept
 
 
 class ConvStem(nn.Module):
@@ -37,13 +37,18 @@ class ConvStem(nn.Module):
         return [*hidden, self.convs[-1].out_channels]
 
     def forward(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
-        c_in = x.shape[1]
         last = len(self.convs) - 1
-        for i, (conv, c_out) in enumerate(zip(self.convs, self.channels(width))):
-            x = F.conv2d(x, conv.weight[:c_out, :c_in], conv.bias[:c_out], self.strides[i], 1)
-            x = F.gelu(x) if i < last else x
-            c_in = c_out
-        return self.norm(x.flatten(2).transpose(1, 2)) + self.pos
+        if width == 1.0:  # a sliced stem: its own convs as they are
+            for i, conv in enumerate(self.convs):
+                x = F.gelu(conv(x)) if i < last else conv(x)
+        else:
+            c_in = self.convs[0].in_channels
+            for i, (conv, c_out) in enumerate(zip(self.convs, self.channels(width))):
+                x = F.conv2d(x, conv.weight[:c_out, :c_in], conv.bias[:c_out], self.strides[i], 1)
+                x = F.gelu(x) if i < last else x
+                c_in = c_out
+        tokens = reshape_kept(x, (0, self.convs[-1].out_channels, -1)).transpose(1, 2)
+        return self.norm(tokens) + self.pos
 
     def slice(self, width: float) -> ConvStem:
         sizes = self.channels(width)
