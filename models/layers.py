@@ -305,7 +305,8 @@ class _OrtAttention(torch.autograd.Function):
         if not _is_none(mask):
             inputs.append(g.op("Cast", mask, to_i=6))  # int32 [B, T]: 1 attends, 0 is padding
         out = g.op("com.microsoft::Attention", *inputs, num_heads_i=heads, scale_f=1.0)
-        return out.setType(x.type())
+        sizes = x.type().varyingSizes()  # [B, N, heads * head_dim]; None where dynamic
+        return out.setType(x.type().with_sizes([*sizes[:-1], weight.type().sizes()[0] // 3]))
 
 
 def _is_none(value) -> bool:

@@ -309,7 +309,14 @@ class TextAdapter(ModelAdapter):
 
     def export_trunk(self, route: Route, out: Path) -> Path:
         batch = torch.from_numpy(self.example_batch(2))
-        return _export(self.model.extract_trunk(route), (batch,), ["text"], out, {0: "batch", 1: "seq"})
+        return _export(
+            self.model.extract_trunk(route),
+            (batch,),
+            ["text"],
+            out,
+            {0: "batch", 1: "seq"},
+            shared={"module.embeddings.word.weight": "word-embeddings.bin"},
+        )
 
     def export_path(self, task: str, route: Route, out: Path) -> Path:
         batch = torch.from_numpy(self.example_batch(2))
@@ -356,9 +363,11 @@ def _length_prefixed(raw: bytes | memoryview, n: int, field: str) -> list[memory
     return out
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], out: Path, output: dict) -> Path:
+def _export(
+    module: nn.Module, args: tuple, names: list[str], out: Path, output: dict, shared: dict | None = None
+) -> Path:
     """ONNX with dynamic batch and sequence axes (the text batch is [B, 2, T], tokens [B, T, D])."""
     from models.export import _export as export_graph
 
     axes = tuple({0: "batch", 1: "seq"} if n == "tokens" else {0: "batch", 2: "seq"} for n in names)
-    return export_graph(module, args, names, out, axes, output)
+    return export_graph(module, args, names, out, axes, output, shared)

@@ -14,6 +14,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import DrainingServer, create_app
+    from server.backends import DeviceUnavailable, check_device
     from server.settings import Settings
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
@@ -21,6 +22,10 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        check_device(settings.backend, settings.device)
+    except DeviceUnavailable as e:
+        sys.exit(f"trunkline: {e}")
     common = {
         "host": settings.host,
         "port": settings.port,

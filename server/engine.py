@@ -163,6 +163,7 @@ class Engine:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self.backend.close()
 
     # -- requests ----------------------------------------------------------------------
     def known_tasks(self, tasks: list[str]) -> list[str]:

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     port: int = 8000
     backend: Literal["torch", "onnxruntime"] = "torch"
     threads: int = Field(2, ge=1, description="intra-op threads of the model compute")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where routes run: cuda needs a GPU and onnxruntime-gpu (backend onnxruntime) or "
+        "a CUDA build of torch (backend torch); without them the server refuses to start",
+    )
     compute_nice: int = Field(
         0,
         ge=0,
