@@ -6,7 +6,7 @@
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
 Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
-repository, startup, workers, text-quality, text-serving.
+repository, startup, workers, text-quality, text-serving, fast-routes, gpu (on a GPU machine).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench import model_level, overhead, report, repository, serving, text, workers
+from bench import fast_routes, gpu, model_level, overhead, report, repository, serving, text, workers
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
@@ -28,7 +28,8 @@ from routing import RouteTables
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
 HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers"]
 TEXT = ["text-quality", "text-serving"]
-ALL = MODEL_LEVEL + HTTP + TEXT
+ROUTES = ["fast-routes", "gpu"]
+ALL = MODEL_LEVEL + HTTP + TEXT + ROUTES
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
         q["plot"] = text.frontier_plot(q["frontier"], q["rows"], args.out)
     if "text-serving" in wanted:
         step("text_serving", text.serving, scale, args.threads, args.port + 30)
+    if "fast-routes" in wanted:
+        step("fast_routes", fast_routes.fast_routes, scale, args.threads, args.port + 40)
+    if "gpu" in wanted:
+        step("gpu", gpu.gpu, scale)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

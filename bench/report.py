@@ -30,6 +30,8 @@ TITLES = {
     "workers": "13. --workers: processes against threads at saturation (mixed one-image traffic)",
     "text_quality": "14. Text model: quality on the held-out split against baselines (a) and (b)",
     "text_serving": "15. Text model: serving beside mnist-scenes",
+    "fast_routes": "16. Fast routes: a cheap route cheap in wall-clock, both families (issue 19)",
+    "gpu": "17. The GPU path",
 }
 
 
@@ -194,11 +196,19 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
         if key not in results:
             continue
         extra = {k: v for k, v in results[key].items() if k not in ("rows", "goals", "frontier", "plot")}
-        extra = {k: v for k, v in extra.items() if not isinstance(v, (list, dict)) or len(str(v)) < 300}
+        tables = {k: v for k, v in extra.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        extra = {
+            k: v
+            for k, v in extra.items()
+            if k not in tables and (not isinstance(v, (list, dict)) or len(str(v)) < 300)
+        }
         md.append(f"## {title}\n")
         if extra:
             md.append(", ".join(f"{k}: {v}" for k, v in extra.items()) + "\n")
         md.append(table(results[key]["rows"]))
+        for name, rows in tables.items():
+            md.append(f"{name.replace('_', ' ')}:\n")
+            md.append(table(rows))
         plot = images.get(key.removesuffix("_http"))
         if plot and not key.endswith("_http"):
             md.append(f"![{key}](plots/{plot})\n")

@@ -78,6 +78,8 @@ class Engine:
             settings.max_queue,
             on_batch=lambda size, trunk: metrics.batch_size.labels(self.name, trunk).observe(size),
             batch_estimate=self.tables.batch_latency_ms,
+            # test hooks hold batches at a gate: never on the event loop
+            inline_ms=settings.inline_batch_ms if settings.test_gate is None else 0.0,
         )
         self.ready = False
         self._pressure_until = 0.0  # see _fit_deadline

@@ -88,7 +88,7 @@ def release_free_memory() -> None:
 class ModelRepository:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
-        self.compute = ComputeScheduler(nice=settings.compute_nice)
+        self.compute = ComputeScheduler(settings.load_share, nice=settings.compute_nice)
         self.explicit = settings.model_control_mode == "explicit"
         self.slots: dict[str, Slot] = {}
         self.draining = False

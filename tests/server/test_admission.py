@@ -21,7 +21,8 @@ from server.settings import Settings
 @pytest.fixture(scope="module")
 def engine():
     compute = ComputeScheduler()
-    yield Engine(load_adapter("mnist-scenes"), Settings(degrade_headroom=0.5), compute, Metrics())
+    settings = Settings(backend="torch", degrade_headroom=0.5)
+    yield Engine(load_adapter("mnist-scenes"), settings, compute, Metrics())
     compute.close()
 
 
