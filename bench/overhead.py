@@ -83,7 +83,8 @@ def in_process_ms(task: str, tier: str, images: np.ndarray, threads: int, n: int
     adapter = load_adapter("mnist-scenes")
     rt = RouteTables(adapter, adapter.route_rows)
     plan = rt.resolve([task], Budget.parse(tier))
-    backend = build_backend("torch", adapter, Settings(threads=threads), {task: [plan.entries[0].route]})
+    settings = Settings(threads=threads)  # the server's default backend, as the server runs it
+    backend = build_backend(settings.backend, adapter, settings, {task: [plan.entries[0].route]})
     decoded = np.concatenate([adapter.decode_instance(im.tolist(), "image") for im in images])
     item = WorkItem(decoded, plan)
     for _ in range(3):

@@ -24,6 +24,7 @@ from bench.model_level import TIERS, goal
 from bench.overhead import in_process_ms
 from bench.peers.envs import ROOT, installed, python_for
 from bench.scale import Scale
+from server.settings import Settings
 
 TASKS = ["count", "presence", "sum", "segment"]
 PEERS = ["litserve", "ray", "fastapi"]
@@ -64,7 +65,7 @@ def rss_mib(pid: int) -> float:
 @contextmanager
 def trunkline(port: int, threads: int, scale: Scale):
     extra = {"batch_buckets": "[1,8]", "calibration_rounds": "1"} if scale.name == "tiny" else {}
-    proc = start_server("torch", port, threads, **extra)
+    proc = start_server(Settings().backend, port, threads, **extra)  # the default backend
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
