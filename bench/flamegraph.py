@@ -3,6 +3,7 @@ requests, 32 closed-loop connections), for bench/flamegraphs/.
 
     python -m bench.flamegraph bench/flamegraphs/after.svg
     python -m bench.flamegraph before.svg --source /path/to/an/older/checkout
+    python -m bench.flamegraph bench/flamegraphs/torch.svg --backend torch
 
 `--source` serves an older checkout of the project (put first on PYTHONPATH) under the same
 load, for a before/after pair. py-spy must be installed (`pip install py-spy`).
@@ -29,12 +30,15 @@ def main() -> None:
     parser.add_argument("--source", type=Path, help="serve this checkout instead of the installed one")
     parser.add_argument("--port", type=int, default=8390)
     parser.add_argument("--seconds", type=float, default=12)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], help="TRUNKLINE_BACKEND")
     args = parser.parse_args()
 
     from models.data import make_scenes
 
     images = make_scenes(256, "test", seed=4242).images
     env = {**os.environ, "TRUNKLINE_PORT": str(args.port), "TRUNKLINE_LOG_LEVEL": "warning"}
+    if args.backend:
+        env["TRUNKLINE_BACKEND"] = args.backend
     cwd = None
     if args.source:
         env["PYTHONPATH"] = str(args.source.resolve())

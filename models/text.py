@@ -146,6 +146,7 @@ class TextAdapter(ModelAdapter):
         self.tokenizer = load_tokenizer(self.cfg.base)
         self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
         self._tables = self._published(tables)
+        self._flops: dict[tuple, tuple[int, int]] = {}  # (routes, tokens) -> (route's, full route's)
 
     @property
     def tasks(self) -> dict[str, TaskSpec]:
@@ -199,14 +200,26 @@ class TextAdapter(ModelAdapter):
         """The receipt's part that depends on the texts: tokens per instance, whether any was
         truncated, and FLOPs per sample (mean over instances) at their own token lengths."""
         lengths = [len(ids) for ids in texts.ids]
-        flops = np.mean([request_flops(self.cfg, routes, n) for n in lengths])
-        full = np.mean([full_flops(self.cfg, list(routes), n) for n in lengths])
+        counted = [self._flops_at(routes, n) for n in lengths]
+        flops, full = np.mean([c[0] for c in counted]), np.mean([c[1] for c in counted])
         return {
             "tokens": lengths,
             "truncated": any(texts.truncated),
             "flops": int(flops),
             "flops_fraction": round(float(flops / full), 4),
         }
+
+    def _flops_at(self, routes: dict[str, Route], tokens: int) -> tuple[int, int]:
+        key = (tuple(routes.items()), tokens)
+        counted = self._flops.get(key)
+        if counted is None:
+            if len(self._flops) > 4096:  # bounded: routes x lengths seen
+                self._flops.clear()
+            counted = self._flops[key] = (
+                request_flops(self.cfg, routes, tokens),
+                full_flops(self.cfg, list(routes), tokens),
+            )
+        return counted
 
     # -- decoding ---------------------------------------------------------------------
     def _check(self, text: str, field_name: str) -> str:

@@ -34,7 +34,6 @@ def test_load_unload_cycles_of_both_models_under_traffic_do_not_grow_rss(tmp_pat
         "onnxruntime",
         TRUNKLINE_MODEL_REPOSITORY=str(repo),
         TRUNKLINE_MODEL_CONTROL_MODE="explicit",
-        TRUNKLINE_ONNX_DIR=str(tmp_path / "onnx"),
         TRUNKLINE_CACHE_DIR=str(tmp_path / "cache"),
         TRUNKLINE_LOAD_SHARE="1",  # loads as fast as serving
         TRUNKLINE_BATCH_BUCKETS="[1]",  # what is timed here is memory: calibrate the least

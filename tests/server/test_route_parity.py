@@ -32,10 +32,11 @@ def _reference(adapter, batch: np.ndarray, task: str, route: Route) -> np.ndarra
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
-def backends(request, tmp_path_factory):
+def backends(request):
     adapter = load_adapter(resolve(request.param), request.param)
     routes = {t: [Route.parse(r["id"]) for r in rows] for t, rows in adapter.route_rows.items()}
-    settings = Settings(threads=2, onnx_dir=tmp_path_factory.mktemp("onnx"))
+    # the default graph cache (keyed by checkpoint and exporter version), as a server uses it
+    settings = Settings(threads=2)
     made = {name: build_backend(name, adapter, settings, routes) for name in ("torch", "onnxruntime")}
     yield adapter, routes, made
     for backend in made.values():
