@@ -71,8 +71,10 @@ def _median_ms(fn, n: int) -> float:
     return statistics.median(times)
 
 
-def in_process(scale: Scale, threads: int, onnx_dir: Path) -> tuple[list[dict], list[dict]]:
-    rows, goals = [], []
+def in_process(scale: Scale, threads: int, onnx_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Batch 1, low and max, both backends, rounds interleaved; and larger batches once each,
+    which says which backend to pick at which batch size."""
+    rows, goals, by_batch = [], [], []
     n = 100 * scale.rounds
     for name, task in FAMILIES.items():
         adapter = load_adapter(name)
@@ -108,9 +110,30 @@ def in_process(scale: Scale, threads: int, onnx_dir: Path) -> tuple[list[dict], 
                 goals.append(
                     goal(f"{name}: in-process batch-1 low/max time / FLOPs fraction", lo / hi / fraction, 1.4)
                 )
+        for size in (8, 64):
+            big = one_input(adapter, size)
+            timed = {
+                (b, r): statistics.median(
+                    _median_ms(route_fn(be, task, r, big), max(2, scale.rounds // 2)) for _ in range(3)
+                )
+                for b, be in made.items()
+                for r in (low, full)
+            }
+            for r, tier in ((low, "low"), (full, "max")):
+                t, o = timed[("torch", r)], timed[("onnxruntime", r)]
+                by_batch.append(
+                    {
+                        "model": name,
+                        "tier": tier,
+                        "batch": size,
+                        "torch ms": round(t, 2),
+                        "onnxruntime ms": round(o, 2),
+                        "onnxruntime / torch": round(o / t, 3),
+                    }
+                )
         for be in made.values():
             be.close()
-    return rows, goals
+    return rows, goals, by_batch
 
 
 class PooledOnnx(OnnxBackend):
@@ -294,7 +317,7 @@ def end_to_end(scale: Scale, threads: int, port: int, onnx_dir: Path) -> tuple[l
 
 def fast_routes(scale: Scale, threads: int, port: int) -> dict:
     onnx_dir = Path.home() / ".cache" / "trunkline" / "onnx"
-    rows, goals = in_process(scale, threads, onnx_dir)
+    rows, goals, by_batch = in_process(scale, threads, onnx_dir)
     e2e_rows, e2e_goals = end_to_end(scale, threads, port, onnx_dir)
     gemm_rows, gemm_goals = text_batch32(scale, threads, onnx_dir)
     mixed = mixed_traffic(scale, threads, onnx_dir)
@@ -313,6 +336,7 @@ def fast_routes(scale: Scale, threads: int, port: int) -> dict:
         "onnxruntime": ort.__version__,
         "default backend": Settings().backend,
         "rows": rows,
+        "by_batch": by_batch,
         "end_to_end": e2e_rows,
         "batch32": gemm_rows,
         "mixed": mixed,

@@ -47,7 +47,13 @@ def gpu(scale: Scale) -> dict:
             {"backend": b, "CUDA devices seen": torch.cuda.device_count(), "why not": why}
             for b, why in missing.items()
         ]
-        return {"gpu": "none on this machine: nothing measured", "rows": rows}
+        return {
+            "gpu": "none on this machine: nothing measured (no GPU was lent to this task)",
+            "container": "CI's smoke builds the CPU image only: the GPU variant "
+            "(--build-arg VARIANT=gpu) needs a CUDA runtime base image, and this machine reaches "
+            "PyPI, Debian and npm only, no container registry",
+            "rows": rows,
+        }
 
     onnx_dir = Path.home() / ".cache" / "trunkline" / "onnx-cuda"
     settings = Settings(device="cuda", onnx_dir=onnx_dir)
