@@ -236,7 +236,9 @@ class _ReshapeKept(torch.autograd.Function):
 
 def reshape_kept(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """`x` reshaped to `shape`, a 0 keeping x's dim at that index (ONNX Reshape)."""
-    return _ReshapeKept.apply(x, shape)
+    if torch.onnx.is_in_onnx_export():
+        return _ReshapeKept.apply(x, shape)
+    return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
 
 
 class FusedAttention(nn.Module):
