@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.fast_routes import FAMILIES, low_and_max, one_input, route_fn
+from bench.model_level import goal
 from bench.scale import Scale
 from models.adapter import load_adapter
 from server.backends import DeviceUnavailable, build_backend, check_device
@@ -53,14 +54,16 @@ def gpu(scale: Scale) -> dict:
             "(--build-arg VARIANT=gpu) needs a CUDA runtime base image, and this machine reaches "
             "PyPI, Debian and npm only, no container registry",
             "rows": rows,
+            "goals": [],
         }
 
     onnx_dir = Path.home() / ".cache" / "trunkline" / "onnx-cuda"
     settings = Settings(device="cuda", onnx_dir=onnx_dir)
-    rows = []
+    rows, goals = [], []
     for name, task in FAMILIES.items():
         adapter = load_adapter(name)
         low, full = low_and_max(adapter, task)
+        fraction = adapter.flops_fraction({task: low})
         for backend in usable:
             be = build_backend(backend, adapter, settings, {task: [low, full]})
             for n in (1, 64):
@@ -74,11 +77,16 @@ def gpu(scale: Scale) -> dict:
                         "low ms": round(ms[low.id], 3),
                         "max ms": round(ms[full.id], 3),
                         "low/max": round(ms[low.id] / ms[full.id], 3),
+                        "low FLOPs fraction": round(fraction, 3),
                     }
                 )
+                if n == 1:
+                    ratio = ms[low.id] / ms[full.id] / fraction
+                    goals.append(goal(f"{name} on {backend}, GPU batch 1: low/max time / FLOPs fraction", ratio, 1.4))
             be.close()
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda",
         "missing": missing,
         "rows": rows,
+        "goals": goals,
     }

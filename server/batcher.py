@@ -429,7 +429,7 @@ class Batcher:
         self.busy_until = time.monotonic() + estimate / 1000
         started = time.monotonic()
         try:
-            if estimate <= self.inline_ms and self.compute.idle:
+            if 0 < self.inline_ms and estimate <= self.inline_ms and self.compute.idle:
                 run: BatchRun = run_batch(self.backend, self.batches, trunk, items)
             else:
                 run = await self.compute.run(run_batch, self.backend, self.batches, trunk, items)
