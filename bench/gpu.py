@@ -82,7 +82,9 @@ def gpu(scale: Scale) -> dict:
                 )
                 if n == 1:
                     ratio = ms[low.id] / ms[full.id] / fraction
-                    goals.append(goal(f"{name} on {backend}, GPU batch 1: low/max time / FLOPs fraction", ratio, 1.4))
+                    goals.append(
+                        goal(f"{name} on {backend}, GPU batch 1: low/max time / FLOPs fraction", ratio, 1.4)
+                    )
             be.close()
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda",

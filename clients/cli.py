@@ -17,8 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trunkline predict", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--task", required=True, help="a task, or several separated by commas")
-    parser.add_argument("--budget", help="fraction in (0, 1] or min|low|medium|high|max")
-    parser.add_argument("--min-budget")
+    parser.add_argument(
+        "--budget",
+        help="fraction in (0, 1], min|low|medium|high|max, or auto (climb until --confidence)",
+    )
+    parser.add_argument("--confidence", type=float, help="budget auto: the confidence an answer must reach")
+    parser.add_argument("--max-budget", help="budget auto: the dearest rung (default max)")
+    parser.add_argument("--min-budget", help="floor under load; budget auto: the first rung")
     parser.add_argument("--timeout-ms", type=float)
     parser.add_argument("--token", help="bearer token, if the server requires one")
     parser.add_argument("--json", action="store_true", help="print the whole response as JSON")
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.images,
                 tasks=tasks,
                 budget=budget,
+                confidence=args.confidence,
+                max_budget=args.max_budget,
                 min_budget=args.min_budget,
                 timeout_ms=args.timeout_ms,
                 mask_format="png",
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = []
         for task, out in output.items():
             value = out.get("label", out.get("labels"))
-            parts.append(f"{task}={value if value is not None else '<mask>'}")
+            sure = f" (confidence {out['confidence']:.3f})" if "confidence" in out else ""
+            parts.append(f"{task}={value if value is not None else '<mask>'}{sure}")
         print(f"{path}: {' '.join(parts)}")
     routes = ", ".join(f"{t}:{v['route']}" for t, v in r.tasks.items())
     print(

@@ -82,6 +82,9 @@ class Receipt:
     depth: int | None = None  # encoder layers run (text models)
     tokens: list[int] | None = None  # per instance, after truncation (text models)
     truncated: bool | None = None
+    confidence: float | None = None  # budget auto: the confidence asked
+    flops_total: int | None = None  # budget auto: all instances together
+    rows: list[dict] | None = None  # budget auto: per instance its rungs and confidences
     raw: dict = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -158,20 +161,9 @@ class _RequestBuilder:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def predict_payload(
-        self,
-        images,
-        task,
-        tasks,
-        budget,
-        min_budget,
-        timeout_ms,
-        latency_ms,
-        task_weights,
-        mask_format,
-        model,
-        texts=None,
-    ) -> dict:
+    @staticmethod
+    def predict_payload(images, task, tasks, texts=None, **options) -> dict:
+        """The /v1 body; `options` (budget, confidence, ...) left as None are left out."""
         if texts is not None:  # a text model: one string or a list of them
             body: dict[str, Any] = {
                 "inputs": [{"text": t} for t in ([texts] if isinstance(texts, str) else texts)]
@@ -186,16 +178,7 @@ class _RequestBuilder:
             body["tasks"] = list(tasks)
         else:
             body["task"] = task
-        optional = {
-            "budget": budget,
-            "min_budget": min_budget,
-            "timeout_ms": timeout_ms,
-            "latency_ms": latency_ms,
-            "task_weights": task_weights,
-            "mask_format": mask_format,
-            "model": model,
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
+        body.update({k: v for k, v in options.items() if v is not None})
         return body
 
     @staticmethod
@@ -237,6 +220,8 @@ class Client(_RequestBuilder):
         *,
         tasks=None,
         budget=None,
+        confidence=None,
+        max_budget=None,
         min_budget=None,
         timeout_ms=None,
         latency_ms=None,
@@ -244,19 +229,25 @@ class Client(_RequestBuilder):
         mask_format=None,
         model=None,
     ) -> Prediction:
+        """`budget`: a fraction, a tier, or "auto" (each instance climbs until its answer's
+        calibrated confidence reaches `confidence`, default 0.9, at most up to `max_budget`)."""
         payload = self.predict_payload(
-            images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
-        )
+            images, task, tasks, budget=budget, confidence=confidence, max_budget=max_budget,
+            min_budget=min_budget, timeout_ms=timeout_ms, latency_ms=latency_ms,
+            task_weights=task_weights, mask_format=mask_format, model=model,
+        )  # fmt: skip
         return self.prediction(self._send("POST", "/v1/predict", json=payload))
 
     def predict_text(
-        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, min_budget=None,
-        timeout_ms=None, latency_ms=None, task_weights=None,
+        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, confidence=None,
+        max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None, task_weights=None,
     ) -> Prediction:  # fmt: skip
         """Texts (a string or a list) to a text model: `predict_text(["hi"], "spam", model="text-tasks")`."""
         payload = self.predict_payload(
-            None, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, None, model, texts
-        )
+            None, task, tasks, texts, budget=budget, confidence=confidence, max_budget=max_budget,
+            min_budget=min_budget, timeout_ms=timeout_ms, latency_ms=latency_ms,
+            task_weights=task_weights, model=model,
+        )  # fmt: skip
         return self.prediction(self._send("POST", "/v1/predict", json=payload))
 
     def models(self) -> list[dict]:
@@ -306,6 +297,8 @@ class AsyncClient(_RequestBuilder):
         *,
         tasks=None,
         budget=None,
+        confidence=None,
+        max_budget=None,
         min_budget=None,
         timeout_ms=None,
         latency_ms=None,
@@ -313,19 +306,25 @@ class AsyncClient(_RequestBuilder):
         mask_format=None,
         model=None,
     ) -> Prediction:
+        """`budget`: a fraction, a tier, or "auto" (each instance climbs until its answer's
+        calibrated confidence reaches `confidence`, default 0.9, at most up to `max_budget`)."""
         payload = self.predict_payload(
-            images, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, mask_format, model
-        )
+            images, task, tasks, budget=budget, confidence=confidence, max_budget=max_budget,
+            min_budget=min_budget, timeout_ms=timeout_ms, latency_ms=latency_ms,
+            task_weights=task_weights, mask_format=mask_format, model=model,
+        )  # fmt: skip
         return self.prediction(await self._send("POST", "/v1/predict", json=payload))
 
     async def predict_text(
-        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, min_budget=None,
-        timeout_ms=None, latency_ms=None, task_weights=None,
+        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, confidence=None,
+        max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None, task_weights=None,
     ) -> Prediction:  # fmt: skip
         """Texts (one string or a list) to a text model."""
         payload = self.predict_payload(
-            None, task, tasks, budget, min_budget, timeout_ms, latency_ms, task_weights, None, model, texts
-        )
+            None, task, tasks, texts, budget=budget, confidence=confidence, max_budget=max_budget,
+            min_budget=min_budget, timeout_ms=timeout_ms, latency_ms=latency_ms,
+            task_weights=task_weights, model=model,
+        )  # fmt: skip
         return self.prediction(await self._send("POST", "/v1/predict", json=payload))
 
     async def models(self) -> list[dict]:

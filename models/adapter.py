@@ -91,6 +91,28 @@ class ModelAdapter:
         over the inputs it accepts, so that no request runs above its budget)."""
         return self.request_flops(routes) / self.full_flops(list(routes))
 
+    def row_flops(self, decoded, routes: dict[str, Route], trunk: bool = True) -> np.ndarray:
+        """FLOPs of each decoded instance through `routes` [N]: the trunk once and each task's
+        path, or the paths alone (`trunk=False`: what a rung on a trunk already run costs)."""
+        n = len(decoded)
+        if trunk:
+            return np.full(n, float(self.request_flops(routes)))
+        return np.full(n, float(self.request_flops(routes) - self.trunk_flops(next(iter(routes.values())))))
+
+    def row_full_flops(self, decoded, tasks: list[str]) -> np.ndarray:
+        """FLOPs of each instance through the same tasks' full route [N] (fractions divide by it)."""
+        return np.full(len(decoded), float(self.full_flops(tasks)))
+
+    def trunk_flops(self, route: Route) -> int:
+        """FLOPs per sample of the trunk `route` runs, alone."""
+        raise NotImplementedError
+
+    # -- labelled data (offline: calibration and benchmarks; needs the data extra) -------
+    def labelled(self, split: str) -> dict[str, tuple[object, np.ndarray]]:
+        """Per task, (decoded inputs, targets) of a split: "validation" (what route tables and
+        temperatures are fitted on) or "test" (held out)."""
+        raise NotImplementedError(f"the {self.family} family has no labelled data to calibrate on")
+
     # -- decoding ---------------------------------------------------------------------
     def decode_instance(self, value: object, field: str) -> np.ndarray:
         """One /v1 instance's input value -> the model's input for it (raises InputError)."""
@@ -108,6 +130,10 @@ class ModelAdapter:
         """Receipt fields that depend on the inputs (text: tokens, truncated, FLOPs at the
         request's length), or None."""
         return None
+
+    def take(self, decoded, rows: np.ndarray):
+        """Some instances of decoded inputs (the rows an escalation runs again)."""
+        return decoded[rows]
 
     def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Requests' decoded inputs -> one batch for the trunk."""

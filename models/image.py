@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 from models import checkpoint, export
 from models.adapter import InputError, ModelAdapter, Tensor, register
 from models.config import TaskSpec
-from models.routes import ConfigFlops, Route
+from models.routes import ConfigFlops, Route, trunk_flops
 
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
 
@@ -67,6 +68,26 @@ class ImageAdapter(ModelAdapter):
 
     def full_flops(self, tasks: list[str]) -> int:
         return self._flops.full_flops(tasks)
+
+    def trunk_flops(self, route: Route) -> int:
+        return trunk_flops(self.cfg, route.width)
+
+    def labelled(self, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Validation: the scenes route tables were built on; test: the card's held-out scenes."""
+        from models.data import make_scenes
+        from models.train import TEST_SEED, VAL_SEED, Recipe
+
+        file = self.path / "recipe.json"
+        recipe = json.loads(file.read_text()) if file.is_file() else {}
+        if split == "validation":
+            scenes = make_scenes(recipe.get("val_scenes", Recipe.val_scenes), "train", seed=VAL_SEED)
+        elif split == "test":
+            scenes = make_scenes(recipe.get("test_scenes", Recipe.test_scenes), "test", seed=TEST_SEED)
+        else:
+            raise ValueError(f"unknown split {split!r}, expected 'validation' or 'test'")
+        decoded = self._scaled(scenes.images)
+        targets = scenes.targets()
+        return {t: (decoded, np.asarray(targets[t])) for t in self.tasks}
 
     # -- decoding: uint8 pixels, scaled by the input spec only --------------------------
     def _scaled(self, pixels: np.ndarray) -> np.ndarray:

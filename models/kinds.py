@@ -138,6 +138,44 @@ class TaskKind:
         """The OIP output metadata matching `to_tensors` (-1: the batch axis)."""
         raise NotImplementedError
 
+    # -- confidence (budget "auto") ------------------------------------------------------
+    # Why a kind has no confidence, or None where it has one. Kinds with one implement the
+    # three methods below on the probabilities backends return (temperature scaling works on
+    # the logits they came from, recovered as `_logits`).
+    no_confidence: ClassVar[str | None] = None
+
+    def confidence(self, probs: np.ndarray, temperature: float) -> np.ndarray:
+        """Per instance, how sure the route is of its answer after temperature scaling, [N]."""
+        raise NotImplementedError
+
+    def correct(self, probs: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Per instance, how right the answer is in [0, 1] (what confidence is calibrated to)."""
+        raise NotImplementedError
+
+    def nll(self, probs: np.ndarray, target: np.ndarray, temperature: float) -> float:
+        """Mean negative log-likelihood of the targets after temperature scaling (what the
+        temperature is fitted to minimise, as Guo et al. 2017 fit it)."""
+        raise NotImplementedError
+
+
+_EPS = 1e-7
+
+
+def _log_softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _scaled_log_probs(probs: np.ndarray, temperature: float, axis: int) -> np.ndarray:
+    """log softmax(logits / T), with the logits recovered as log p (softmax is shift-free)."""
+    logits = np.log(np.clip(probs.astype(np.float64), _EPS, None))
+    return _log_softmax(logits / temperature, axis)
+
+
+def _scaled_sigmoid(probs: np.ndarray, temperature: float) -> np.ndarray:
+    p = np.clip(probs.astype(np.float64), _EPS, 1 - _EPS)
+    return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+
 
 class Classification(TaskKind):
     name, metric_name = "classification", "accuracy"
@@ -169,6 +207,17 @@ class Classification(TaskKind):
             {"name": f"{task}_label", "datatype": "INT64", "shape": [-1]},
         ]
 
+    def confidence(self, probs, temperature):
+        """The temperature-scaled probability of the answer."""
+        return np.exp(_scaled_log_probs(probs, temperature, -1).max(-1))
+
+    def correct(self, probs, target):
+        return (probs.argmax(-1) == np.asarray(target)).astype(np.float64)
+
+    def nll(self, probs, target, temperature):
+        log_p = _scaled_log_probs(probs, temperature, -1)
+        return float(-log_p[np.arange(len(log_p)), np.asarray(target)].mean())
+
 
 class MultiLabel(TaskKind):
     name, metric_name = "multilabel", "exact_match"
@@ -193,6 +242,18 @@ class MultiLabel(TaskKind):
 
     def tensor_specs(self, task, num_classes, output_shape):
         return [{"name": f"{task}_scores", "datatype": "FP32", "shape": [-1, num_classes]}]
+
+    def confidence(self, probs, temperature):
+        """The least certain label's: an answer is as sure as its weakest label."""
+        q = _scaled_sigmoid(probs, temperature)
+        return np.maximum(q, 1 - q).min(-1)
+
+    def correct(self, probs, target):
+        return ((probs >= 0.5) == (np.asarray(target) >= 0.5)).all(-1).astype(np.float64)
+
+    def nll(self, probs, target, temperature):
+        q, t = _scaled_sigmoid(probs, temperature), np.asarray(target, np.float64)
+        return float(-(t * np.log(q) + (1 - t) * np.log(1 - q)).mean())
 
 
 class Dense(TaskKind):
@@ -224,11 +285,31 @@ class Dense(TaskKind):
     def tensor_specs(self, task, num_classes, output_shape):
         return [{"name": f"{task}_mask", "datatype": "UINT8", "shape": [-1, *output_shape]}]
 
+    def confidence(self, probs, temperature):
+        """The mean over pixels of each pixel's temperature-scaled class probability."""
+        return np.exp(_scaled_log_probs(probs, temperature, 1).max(1)).reshape(len(probs), -1).mean(-1)
+
+    def correct(self, probs, target):
+        """The fraction of pixels classified right."""
+        right = probs.argmax(1) == np.asarray(target)
+        return right.reshape(len(probs), -1).mean(-1)
+
+    def nll(self, probs, target, temperature):
+        # every 4th pixel each way: a sixteenth of the work, the same fit to 3 decimals
+        probs, target = probs[:, :, ::4, ::4], np.asarray(target)[:, ::4, ::4]
+        log_p = _scaled_log_probs(probs, temperature, 1)
+        picked = np.take_along_axis(log_p, target[:, None], axis=1)
+        return float(-picked.mean())
+
 
 class Regression(TaskKind):
     """One real value per instance ([B, 1]); served as `{"value": x}` and `{task}_value`."""
 
     name, metric_name = "regression", "pearson_r"
+    no_confidence = (
+        "a regression task's output carries no calibrated confidence, so budget 'auto' cannot "
+        "decide when its answer is good enough: give a tier or a fraction"
+    )
 
     def activate(self, logits):
         return logits
@@ -250,6 +331,28 @@ class Regression(TaskKind):
 
     def tensor_specs(self, task, num_classes, output_shape):
         return [{"name": f"{task}_value", "datatype": "FP32", "shape": [-1]}]
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: the mean over equal-width confidence bins of |accuracy - confidence|, weighted
+    by the share of instances in the bin (Naeini et al. 2015; 15 bins as Guo et al.)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total)
+
+
+def fit_temperature(k: TaskKind, probs: np.ndarray, target: np.ndarray) -> float:
+    """The temperature that minimises the kind's NLL on (probs, target): a log-spaced grid
+    from 0.05 to 20, then a finer one around the best point."""
+    grid = np.geomspace(0.05, 20.0, 61)
+    best = min(grid, key=lambda t: k.nll(probs, target, t))
+    fine = np.geomspace(best / 1.1, best * 1.1, 21)
+    return float(min(fine, key=lambda t: k.nll(probs, target, t)))
 
 
 def encode_png(mask: np.ndarray) -> str:

@@ -31,8 +31,10 @@ from models.text_model import (
     TextRoutedModel,
     check_base,
     full_flops,
+    full_route,
     load_tokenizer,
     request_flops,
+    trunk_flops,
 )
 
 # tokenizing runs on the compute thread beside torch: no thread pool of its own
@@ -185,6 +187,44 @@ class TextAdapter(ModelAdapter):
         lengths = sorted({2, 4, 8, 16, 32, 64, self.spec.max_tokens})
         tasks = list(routes)
         return max(request_flops(self.cfg, routes, n) / full_flops(self.cfg, tasks, n) for n in lengths)
+
+    def trunk_flops(self, route: Route) -> int:
+        return trunk_flops(self.cfg, route, self.cfg.reference_tokens)
+
+    def row_flops(self, decoded: Texts, routes: dict[str, Route], trunk: bool = True) -> np.ndarray:
+        route = next(iter(routes.values()))
+        out = []
+        for n in (len(ids) for ids in decoded.ids):
+            flops = self._flops_at(routes, n)[0]
+            out.append(flops - (0 if trunk else trunk_flops(self.cfg, route, n)))
+        return np.asarray(out, np.float64)
+
+    def row_full_flops(self, decoded: Texts, tasks: list[str]) -> np.ndarray:
+        full = full_route(self.cfg)
+        return np.asarray(
+            [self._flops_at({t: full for t in tasks}, len(ids))[0] for ids in decoded.ids], np.float64
+        )
+
+    def labelled(self, split: str) -> dict[str, tuple[Texts, np.ndarray]]:
+        """Validation: the rows route tables were built on (the recipe's `val_rows` first
+        rows of the validation split); test: the whole held-out split (sha1 mod 5 == 0)."""
+        from models.text_data import load_task
+        from models.text_train import TextRecipe
+
+        if split not in ("validation", "test"):
+            raise ValueError(f"unknown split {split!r}, expected 'validation' or 'test'")
+        file = self.path / "recipe.json"
+        recipe = json.loads(file.read_text()) if file.is_file() else {}
+        rows = recipe.get("val_rows", TextRecipe.val_rows) if split == "validation" else None
+        out = {}
+        for name in self.tasks:
+            data = load_task(name).split(split)
+            texts, targets = data.texts[:rows], data.targets[:rows]
+            out[name] = (self.tokenize(texts), np.asarray(targets))
+        return out
+
+    def take(self, decoded: Texts, rows: np.ndarray) -> Texts:
+        return Texts([decoded.ids[i] for i in rows], [decoded.truncated[i] for i in rows])
 
     def _published(self, tables: dict[str, list[dict]]) -> dict[str, list[dict]]:
         """Route tables with the fraction budgets compare against (`flops_fraction`)."""

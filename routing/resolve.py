@@ -49,6 +49,7 @@ class RouteEntry:
     flops_fraction: float
     score: float
     params: int = 0
+    temperature: float | None = None  # fitted on validation (models.calibrate); None: not yet
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch bucket -> ms (path only)
 
     @property
@@ -98,6 +99,7 @@ class RouteTables:
                     float(r["flops_fraction"]),
                     float(r["score"]),
                     int(r.get("params", 0)),
+                    float(r["temperature"]) if r.get("temperature") is not None else None,
                 )
                 for r in rows
             ]

@@ -72,6 +72,8 @@ def request_options(req: PredictRequest) -> RequestOptions:
         latency_ms=req.latency_ms,
         task_weights=req.task_weights,
         priority=req.priority or 0,
+        confidence=req.confidence,
+        max_budget=req.max_budget,
     )
 
 
@@ -133,7 +135,9 @@ async def predict(call: Call) -> Response:
             partial(decode_inputs, req, engine.adapter),
             admission,
             n=len(req.inputs),
-            encode=lambda outputs: orjson.dumps(engine.encode_json(outputs, options)),
+            encode=lambda outputs, confidence=None: orjson.dumps(
+                engine.encode_json(outputs, options, confidence)
+            ),
         )
         timings.batch(prediction.result)
         receipt = engine.receipt(prediction).model_dump_json(exclude_none=True).encode()

@@ -160,7 +160,8 @@ def input_tensor(req: InferRequest, binary: memoryview, engine: Engine) -> tuple
 
 
 def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
-    """Trunkline's parameters: task(s), budget, min_budget, timeout (µs), priority."""
+    """Trunkline's parameters: task(s), budget, min_budget, timeout (µs), priority; budget
+    auto's confidence and max_budget."""
     p = dict(req.parameters or {})
     if "tasks" in p and "task" in p:
         raise InvalidInput("give parameters.task or parameters.tasks, not both", "parameters.task")
@@ -175,6 +176,13 @@ def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
     ):
         raise InvalidInput("must be a positive number of microseconds", "parameters.timeout")
+    confidence = p.get("confidence")
+    if confidence is not None and (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, (int, float))
+        or not 0 < confidence < 1  # NaN fails this too
+    ):
+        raise InvalidInput("must be a number strictly between 0 and 1", "parameters.confidence")
     priority = p.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
         raise InvalidInput("must be a non-negative integer", "parameters.priority")
@@ -185,25 +193,38 @@ def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
         min_budget=p.get("min_budget"),
         timeout_ms=timeout / 1000 if timeout is not None else None,
         priority=priority,
+        confidence=confidence,
+        max_budget=p.get("max_budget"),
     )
 
 
 def flat_receipt(receipt: dict) -> dict:
     """OIP parameters are scalars: the receipt flattened, routes as `route.<task>`."""
-    flat = {k: v for k, v in receipt.items() if k != "tasks" and v is not None}
+    flat = {k: v for k, v in receipt.items() if k not in ("tasks", "rows") and v is not None}
     if "tokens" in flat:  # per instance: a scalar string "12,7"
         flat["tokens"] = ",".join(map(str, flat["tokens"]))
     for task, r in receipt["tasks"].items():
         flat[f"route.{task}"] = r["route"]
+    # budget auto, per instance i and task: `escalations.<task>.<i>` "L2-...,L4-...",
+    # `confidences.<task>.<i>` "0.61,0.97", `degraded.<task>.<i>`, and `flops.<i>`
+    for i, row in enumerate(receipt.get("rows") or []):
+        for task, r in row["tasks"].items():
+            flat[f"escalations.{task}.{i}"] = ",".join(r["escalations"])
+            flat[f"confidences.{task}.{i}"] = ",".join(map(str, r["confidences"]))
+            flat[f"degraded.{task}.{i}"] = r["degraded"]
+        flat[f"flops.{i}"] = row["flops"]
     return flat
 
 
 def encode_outputs(
-    req: InferRequest, engine: Engine, outputs: dict[str, np.ndarray]
+    req: InferRequest,
+    engine: Engine,
+    outputs: dict[str, np.ndarray],
+    confidence: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[InferOutput], list[bytes]]:
     """The requested outputs (all by default), as JSON data or binary chunks (run in the
-    batch, on the compute thread)."""
-    tensors = engine.encode_tensors(outputs)
+    batch, on the compute thread; budget auto: once its rows are answered)."""
+    tensors = engine.encode_tensors(outputs, confidence)
     params = req.parameters or {}
     binary_default = bool(params.get("binary_data_output", False))
     if req.outputs:

@@ -56,6 +56,7 @@ class WorkItem:
     n: int = -1  # instances; taken from `inputs` when they come decoded
     encode: Encode | None = None
     describe: Callable[[Any], dict | None] | None = None  # receipt fields from the decoded inputs
+    keep_inputs: bool = False  # hand the decoded inputs back (budget "auto" escalates them)
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
     queued: bool = False  # waiting in a batcher's queue
@@ -100,6 +101,7 @@ class BatchResult:
     encode_ms: float = 0.0
     encoded: Any = None  # what the item's `encode` made of its outputs
     info: dict | None = None  # what the item's `describe` said of its decoded inputs
+    decoded: Any = None  # the decoded inputs, where the item asked to keep them
 
 
 @dataclass
@@ -114,6 +116,7 @@ class BatchRun:
     decode_ms: float
     compute_ms: float
     encode_ms: float
+    decoded: list[Any] = field(default_factory=list)
 
 
 def _decode(item: WorkItem) -> np.ndarray:
@@ -135,11 +138,13 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
     t0 = time.perf_counter()
     outputs: list = [None] * len(items)
     info: list = [None] * len(items)
+    kept: list = [None] * len(items)
     arrays, good = [], []
     for i, it in enumerate(items):
         try:
             array = _decode(it)
             info[i] = it.describe(array) if it.describe is not None else None
+            kept[i] = array if it.keep_inputs else None
             arrays.append(array)
             good.append(i)
         except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
@@ -156,7 +161,7 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
             except Exception as exc:  # noqa: BLE001
                 outputs[i] = exc
     t3 = time.perf_counter()
-    return BatchRun(outputs, encoded, info, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+    return BatchRun(outputs, encoded, info, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, kept)
 
 
 def _isolated(backend: Backend, batches: Batches, trunk: str, items: list[WorkItem], arrays: list) -> list:
@@ -457,7 +462,7 @@ class Batcher:
             )
         if self.on_batch:
             self.on_batch(size, trunk)
-        for it, out, encoded, info in zip(items, run.outputs, run.encoded, run.info):
+        for it, out, encoded, info, kept in zip(items, run.outputs, run.encoded, run.info, run.decoded):
             if it.future.done():
                 continue
             if isinstance(out, BaseException):
@@ -465,5 +470,7 @@ class Batcher:
                 continue
             queue_ms = (started - it.enqueued) * 1000
             it.future.set_result(
-                BatchResult(out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded, info)
+                BatchResult(
+                    out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded, info, kept
+                )
             )

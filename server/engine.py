@@ -19,17 +19,28 @@ import numpy as np
 
 from models.adapter import ModelAdapter
 from models.kinds import kind
-from routing import Budget, BudgetError, Plan, RouteTables, UnsatisfiableBudget
+from routing import Budget, BudgetError, Plan, RouteEntry, RouteTables, UnsatisfiableBudget
+from routing.anytime import DEFAULT_CONFIDENCE, Ladder, choose_ladder, unsure
 from server import calibration, hooks
 from server.backends import create_backend
 from server.batcher import Batcher, BatchResult, Decode, Encode, WorkItem
 from server.compute import ComputeScheduler
-from server.errors import BudgetTooSmall, InvalidInput, InvalidValue, Overloaded, QueueFull, UnknownTask
+from server.errors import (
+    BudgetTooSmall,
+    DeadlineExceeded,
+    InvalidInput,
+    InvalidValue,
+    Overloaded,
+    QueueFull,
+    UnknownTask,
+)
 from server.metrics import Metrics
-from server.schemas import Receipt, TaskReceipt
+from server.schemas import Receipt, RowReceipt, RowTaskReceipt, TaskReceipt
 from server.settings import Settings
 
 log = logging.getLogger("trunkline")
+
+AUTO = "auto"  # the budget that asks for a confidence instead of a tier
 
 
 @dataclass
@@ -44,6 +55,8 @@ class RequestOptions:
     latency_ms: float | None = None
     task_weights: dict[str, float] | None = None
     priority: int = 0  # 0: the default level
+    confidence: object = None  # budget "auto": the confidence an answer must reach (0, 1)
+    max_budget: float | str | None = None  # budget "auto": the dearest rung (default max)
 
 
 @dataclass
@@ -56,9 +69,30 @@ class Admission:
 
 
 @dataclass
+class AutoAdmission(Admission):
+    """Budget "auto": the ladder the request climbs (`plan` is its first rung)."""
+
+    ladder: Ladder | None = None
+    confidence: float = DEFAULT_CONFIDENCE
+
+
+@dataclass
+class RowTrace:
+    """What one instance ran for budget "auto": per task the rungs and their confidences."""
+
+    rungs: dict[str, list[RouteEntry]]
+    confidences: dict[str, list[float]]
+    degraded: dict[str, bool]
+    flops: float = 0.0
+    full_flops: float = 0.0
+
+
+@dataclass
 class Prediction:
     admission: Admission
     result: BatchResult
+    rows: list[RowTrace] | None = None  # budget "auto"
+    confidence: dict[str, np.ndarray] | None = None  # budget "auto": per task [N]
 
 
 class Engine:
@@ -84,6 +118,7 @@ class Engine:
         self.ready = False
         self._pressure_until = 0.0  # see _fit_deadline
         self.users = 0  # requests holding this engine (see ModelRepository.lease)
+        self._ladders: dict[tuple, Ladder] = {}
         self._experts = {
             (t, e.route.experts): adapter.experts(t, e.route.experts)
             for t in self.tasks
@@ -196,6 +231,13 @@ class Engine:
         deadline would be missed (never below min_budget). `arrived` (time.monotonic()) is
         when the request reached the server: its timeout counts from there."""
         self.check_tasks(opts.tasks, opts.field)
+        if opts.budget == AUTO:
+            return self._admit_auto(opts, n, priority_field, arrived)
+        for name in ("confidence", "max_budget"):
+            if getattr(opts, name) is not None:
+                raise InvalidValue(
+                    f"applies to budget {AUTO!r} only (this request's budget is {opts.budget!r})", name
+                )
         try:
             b = Budget.parse(opts.budget) if opts.budget is not None else self.default_budget
         except BudgetError as e:
@@ -228,6 +270,174 @@ class Engine:
         if opts.timeout_ms is None:
             return Admission(top, False, b, None, priority)
         return self._fit_deadline(candidates, b, n, opts.timeout_ms, priority, arrived)
+
+    # -- budget "auto" -----------------------------------------------------------------
+    def _admit_auto(
+        self, opts: RequestOptions, n: int, priority_field: str, arrived: float | None
+    ) -> AutoAdmission:
+        c = opts.confidence if opts.confidence is not None else DEFAULT_CONFIDENCE
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or not 0 < c < 1:
+            raise InvalidValue(f"must be a number strictly between 0 and 1, got {c!r}", "confidence")
+        if opts.latency_ms is not None:
+            raise InvalidValue(f"does not combine with budget {AUTO!r}: give timeout_ms", "latency_ms")
+        for t in opts.tasks:
+            spec = self.adapter.tasks[t]
+            why = kind(spec.kind).no_confidence
+            if why:
+                raise InvalidValue(f"task {t!r}: {why}", "budget")
+            if any(e.temperature is None for e in self.tables.tables[t]):
+                raise InvalidValue(
+                    f"task {t!r} has no calibrated confidence in this checkpoint (run `python -m "
+                    "models.calibrate` on it): give a tier or a fraction",
+                    "budget",
+                )
+        budgets = {}
+        for name, value, default in (
+            ("min_budget", opts.min_budget, "min"),
+            ("max_budget", opts.max_budget, "max"),
+        ):
+            try:
+                budgets[name] = Budget.parse(value if value is not None else default)
+            except BudgetError as e:
+                raise InvalidValue(str(e).replace("budget", name, 1), name) from None
+        floor_b, top_b = budgets["min_budget"], budgets["max_budget"]
+        if not top_b.at_least(floor_b):
+            raise InvalidValue(
+                f"max_budget {top_b.label} is smaller than min_budget {floor_b.label}", "max_budget"
+            )
+        weights = opts.task_weights
+        try:
+            floor = self.tables.resolve(opts.tasks, floor_b, weights)
+            top = self.tables.resolve(opts.tasks, top_b, weights)
+        except UnsatisfiableBudget as e:
+            raise BudgetTooSmall(str(e).replace("budget", "max_budget", 1), "max_budget") from None
+        ladder = self._ladder(floor, top)
+        priority = self.priority(opts.priority, priority_field)
+        budget = Budget(None, AUTO)
+        if opts.timeout_ms is None:
+            first = Admission(ladder.rungs[0], False, budget, None, priority)
+        else:
+            first = self._fit_deadline([ladder.rungs[0]], budget, n, opts.timeout_ms, priority, arrived)
+        return AutoAdmission(first.plan, False, budget, first.deadline, priority, ladder, float(c))
+
+    def _ladder(self, floor: Plan, top: Plan) -> Ladder:
+        key = (tuple(floor.tasks), tuple(e.id for e in floor.entries), tuple(e.id for e in top.entries))
+        ladder = self._ladders.get(key)
+        if ladder is None:
+            ladder = self._ladders[key] = choose_ladder(self.tables, floor.tasks, floor, top)
+        return ladder
+
+    def ladders(self) -> dict[str, list[str]]:
+        """Each task's ladder alone, from its cheapest route to `max` (GET /v1/models/{m})."""
+        out = {}
+        for t, spec in self.adapter.tasks.items():
+            if kind(spec.kind).no_confidence or any(e.temperature is None for e in self.tables.tables[t]):
+                continue
+            floor = self.tables.resolve([t], Budget.parse("min"))
+            top = self.tables.resolve([t], Budget.parse("max"))
+            out[t] = self._ladder(floor, top).ids
+        return out
+
+    def _subplan(self, plan: Plan, tasks: list[str]) -> Plan:
+        """The part of a rung's plan for the tasks still unsure (the trunk, once, and theirs)."""
+        if len(tasks) == len(plan.entries):
+            return plan
+        entries = tuple(e for e in plan.entries if e.task in tasks)
+        routes = {e.task: e.route for e in entries}
+        flops = self.adapter.request_flops(routes)
+        return Plan(plan.trunk, entries, flops, self.adapter.flops_fraction(routes), plan.score)
+
+    def _rung_fits(self, plan: Plan, n: int, deadline: float | None) -> bool:
+        """Whether a rung's batch is expected to finish before the request's deadline."""
+        if deadline is None:
+            return True
+        own = self.tables.latency_ms(plan, n) or 0.0
+        if not self.batcher.idle:
+            own = max(own, self.batcher.batch_ms_at(plan.trunk, plan, n)) + self.batcher.ahead_ms(plan.trunk)
+        return time.monotonic() + own / 1000 <= deadline
+
+    async def _climb(self, admission: AutoAdmission, inputs, n: int) -> Prediction:
+        """Run the ladder: every row on the first rung, then each rung on the rows (and tasks)
+        still below the confidence. Rows escalated together, in groups by the tasks they
+        still need, enter the batcher at once: they batch with each other and with other
+        requests on that trunk, which runs once per batch."""
+        ladder, c = admission.ladder, admission.confidence
+        tasks = list(ladder.tasks)
+        first = await self._submit(
+            WorkItem(inputs, ladder.rungs[0], admission.deadline, admission.priority, n=n, keep_inputs=True)
+        )
+        decoded = first.decoded
+        answers = {t: first.outputs[t].copy() for t in tasks}
+        confidence = {t: np.empty(n) for t in tasks}
+        rows = [
+            RowTrace({t: [] for t in tasks}, {t: [] for t in tasks}, dict.fromkeys(tasks, False))
+            for _ in range(n)
+        ]
+        full = self.adapter.row_full_flops(decoded, tasks)
+        pending = {t: np.zeros(n, bool) for t in tasks}
+        compute_ms = first.compute_ms
+
+        def record(rung: Plan, where: np.ndarray, group: list[str], outputs: dict, part) -> None:
+            flops = self.adapter.row_flops(part, {e.task: e.route for e in rung.entries if e.task in group})
+            last = rung is ladder.rungs[-1]
+            for t in group:
+                entry = next(e for e in rung.entries if e.task == t)
+                conf = kind(self.adapter.tasks[t].kind).confidence(outputs[t], entry.temperature)
+                answers[t][where] = outputs[t]
+                confidence[t][where] = conf
+                pending[t][where] = False if last else unsure(conf, c)
+                for j, r in enumerate(where):
+                    rows[r].rungs[t].append(entry)
+                    rows[r].confidences[t].append(float(conf[j]))
+            for j, r in enumerate(where):
+                rows[r].flops += float(flops[j])
+
+        record(ladder.rungs[0], np.arange(n), tasks, first.outputs, decoded)
+        for rung in ladder.rungs[1:]:
+            unsure_rows = np.flatnonzero(np.any([pending[t] for t in tasks], axis=0))
+            if not len(unsure_rows):
+                break
+            if not self._rung_fits(rung, len(unsure_rows), admission.deadline):
+                break
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for r in unsure_rows:
+                groups.setdefault(tuple(t for t in tasks if pending[t][r]), []).append(int(r))
+            items = []
+            for group, where in groups.items():
+                part = self.adapter.take(decoded, np.asarray(where))
+                plan = self._subplan(rung, list(group))
+                items.append((group, np.asarray(where), part, plan))
+            results = await asyncio.gather(
+                *(
+                    self._submit(WorkItem(part, plan, admission.deadline, admission.priority))
+                    for _, _, part, plan in items
+                ),
+                return_exceptions=True,
+            )
+            if any(isinstance(r, DeadlineExceeded) for r in results):
+                break  # the deadline passed in the queue: answer what the rows have
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            for (group, where, part, _), result in zip(items, results):
+                compute_ms += result.compute_ms
+                record(rung, where, list(group), result.outputs, part)
+        for t in tasks:
+            for r in np.flatnonzero(pending[t]):  # cut short by the deadline
+                rows[r].degraded[t] = True
+        for r, f in zip(rows, full):
+            r.full_flops = float(f)
+        result = BatchResult(answers, first.batch_size, first.queue_ms, compute_ms, first.decode_ms, 0.0)
+        result.decoded = decoded
+        return Prediction(admission, result, rows, confidence)
+
+    async def _submit(self, item: WorkItem) -> BatchResult:
+        m, name = self.metrics, self.name
+        m.in_flight.labels(name).inc()
+        try:
+            return await self.batcher.submit(item)
+        finally:
+            m.in_flight.labels(name).dec()
 
     PRESSURE_S = 1.0
 
@@ -318,6 +528,20 @@ class Engine:
         decode them (`n` instances) and `encode` what to make of the outputs: both then run
         in the batch, on the compute thread."""
         plan, m, name = admission.plan, self.metrics, self.name
+        if isinstance(admission, AutoAdmission):
+            prediction = await self._climb(admission, inputs, n)
+            hooks.leak(self.settings)
+            result = prediction.result
+            m.queue_time.labels(name).observe(result.queue_ms / 1000)
+            m.compute_time.labels(name).observe(result.compute_ms / 1000)
+            for t in admission.ladder.tasks:
+                for row in prediction.rows:
+                    m.answered_by.labels(name, t, str(len(row.rungs[t]) - 1)).inc()
+            info = self.adapter.describe(result.decoded, plan.routes)
+            result.info = {k: v for k, v in (info or {}).items() if k in ("tokens", "truncated")}
+            if encode is not None:
+                result.encoded = encode(result.outputs, prediction.confidence)
+            return prediction
         describe = partial(self.adapter.describe, routes=plan.routes)
         item = WorkItem(
             inputs, plan, admission.deadline, admission.priority, n=n, encode=encode, describe=describe
@@ -335,17 +559,28 @@ class Engine:
                 m.degraded.labels(name, t).inc()
         return Prediction(admission, result)
 
-    def encode_json(self, outputs: dict[str, np.ndarray], options: dict) -> list[dict[str, dict]]:
-        """/v1 outputs: per instance, per task, as the task's kind writes them."""
+    def encode_json(
+        self, outputs: dict[str, np.ndarray], options: dict, confidence: dict[str, np.ndarray] | None = None
+    ) -> list[dict[str, dict]]:
+        """/v1 outputs: per instance, per task, as the task's kind writes them (budget "auto":
+        with the calibrated `confidence` of the answer)."""
         specs = [(t, kind(self.adapter.tasks[t].kind), self.adapter.tasks[t].labels) for t in outputs]
         n = len(next(iter(outputs.values())))
-        return [{t: k.to_json(outputs[t][i], labels, options) for t, k, labels in specs} for i in range(n)]
+        out = [{t: k.to_json(outputs[t][i], labels, options) for t, k, labels in specs} for i in range(n)]
+        for t, values in (confidence or {}).items():
+            for i in range(n):
+                out[i][t]["confidence"] = round(float(values[i]), 6)
+        return out
 
-    def encode_tensors(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Open Inference Protocol outputs, by name."""
+    def encode_tensors(
+        self, outputs: dict[str, np.ndarray], confidence: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Open Inference Protocol outputs, by name (budget "auto": `{task}_confidence` too)."""
         tensors = {}
         for t, probs in outputs.items():
             tensors.update(kind(self.adapter.tasks[t].kind).to_tensors(t, probs))
+        for t, values in (confidence or {}).items():
+            tensors[f"{t}_confidence"] = values.astype(np.float32)
         return tensors
 
     def tensor_outputs(self) -> list[dict]:
@@ -355,34 +590,66 @@ class Engine:
             for spec in kind(t.kind).tensor_specs(name, len(t.labels), self.adapter.output_shape(name))
         ]
 
+    def _task_receipt(self, e: RouteEntry) -> TaskReceipt:
+        return TaskReceipt.model_construct(
+            route=e.id,
+            experts=self._experts[(e.task, e.route.experts)],
+            experts_k=e.route.experts,
+            decoder_width=e.route.decoder_width,
+            score=e.score,
+        )
+
     def receipt(self, p: Prediction) -> Receipt:
         plan, a = p.admission.plan, p.admission
         info = p.result.info or {}
+        entries = list(plan.entries)
+        flops = info.get("flops", plan.flops)
+        fraction = info.get("flops_fraction", round(plan.flops_fraction, 4))
+        degraded, extra = a.degraded, {}
+        if p.rows is not None:  # budget "auto": per row what it ran; the request sums them
+            # per task the dearest route that answered a row of it
+            entries = [max((r.rungs[t][-1] for r in p.rows), key=lambda e: e.flops) for t in a.ladder.tasks]
+            total, full = sum(r.flops for r in p.rows), sum(r.full_flops for r in p.rows)
+            flops, fraction = int(total / len(p.rows)), round(total / full, 4)
+            degraded = any(any(r.degraded.values()) for r in p.rows)
+            extra = {
+                "confidence": a.confidence,
+                "flops_total": int(total),
+                "rows": [
+                    RowReceipt.model_construct(
+                        tasks={
+                            t: RowTaskReceipt.model_construct(
+                                route=r.rungs[t][-1].id,
+                                escalations=[e.id for e in r.rungs[t]],
+                                confidences=[round(x, 4) for x in r.confidences[t]],
+                                degraded=r.degraded[t],
+                            )
+                            for t in a.ladder.tasks
+                        },
+                        flops=int(r.flops),
+                        flops_fraction=round(r.flops / r.full_flops, 4),
+                    )
+                    for r in p.rows
+                ],
+            }
+        top = max(entries, key=lambda e: e.flops)
         return Receipt.model_construct(
-            tasks={
-                e.task: TaskReceipt.model_construct(
-                    route=e.id,
-                    experts=self._experts[(e.task, e.route.experts)],
-                    experts_k=e.route.experts,
-                    decoder_width=e.route.decoder_width,
-                    score=e.score,
-                )
-                for e in plan.entries
-            },
-            trunk_width=plan.width,
-            depth=plan.depth,
-            flops=info.get("flops", plan.flops),
-            flops_fraction=info.get("flops_fraction", round(plan.flops_fraction, 4)),
+            tasks={e.task: self._task_receipt(e) for e in entries},
+            trunk_width=top.route.width,
+            depth=top.route.depth,
+            flops=flops,
+            flops_fraction=fraction,
             tokens=info.get("tokens"),
             truncated=info.get("truncated"),
             budget_requested=a.budget.label,
-            degraded=a.degraded,
+            degraded=degraded,
             backend=self.backend.name,
             model_version=self.version,
             priority=a.priority,
             batch_size=p.result.batch_size,
             queue_ms=round(p.result.queue_ms, 3),
             compute_ms=round(p.result.compute_ms, 3),
+            **extra,
         )
 
     def describe(self) -> dict:
@@ -392,6 +659,7 @@ class Engine:
             "input": self.adapter.input_metadata(),
             "default_budget": self.default_budget.label,
             "backend": self.backend.name,
+            "ladders": self.ladders(),
             "tasks": {
                 name: {
                     "kind": t.kind,

@@ -52,6 +52,12 @@ class Metrics:
             ["model", "task"],
             registry=r,
         )
+        self.answered_by = Counter(
+            "trunkline_auto_answers",
+            "Budget auto: instances answered per task and rung (0: the first)",
+            ["model", "task", "rung"],
+            registry=r,
+        )
         self.in_flight = Gauge("trunkline_in_flight_requests", "Requests being served", ["model"], registry=r)
         self.queue_depth = Gauge(
             "trunkline_queue_depth", "Instances waiting to be batched", ["model"], registry=r

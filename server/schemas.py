@@ -66,9 +66,19 @@ class PredictRequest(_Wire):
         None, description="several tasks over one trunk pass (a list, or one comma-separated string)"
     )
     budget: BudgetValue | None = Field(
-        None, description="fraction of full-route FLOPs in (0, 1], or min|low|medium|high|max"
+        None,
+        description="fraction of full-route FLOPs in (0, 1], or min|low|medium|high|max, or auto "
+        "(each instance climbs a ladder of routes until its answer reaches `confidence`)",
     )
-    min_budget: BudgetValue | None = Field(None, description="floor when degrading under load")
+    confidence: Any = Field(
+        None,
+        description="budget auto: the calibrated confidence an answer must reach, in (0, 1); default 0.9",
+        json_schema_extra={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    )
+    max_budget: BudgetValue | None = Field(None, description="budget auto: the dearest rung (default max)")
+    min_budget: BudgetValue | None = Field(
+        None, description="floor when degrading under load; budget auto: the first rung"
+    )
     latency_ms: PositiveNumber | None = Field(None, description="best route whose calibrated latency fits")
     timeout_ms: PositiveNumber | None = Field(None, description="answer within this, or 503")
     task_weights: dict[str, PositiveNumber] | None = Field(None, description="preference between tasks")
@@ -91,8 +101,23 @@ class TaskReceipt(_Answer):
     score: float = Field(description="validation score of this route")
 
 
+class RowTaskReceipt(_Answer):
+    route: str = Field(description="the rung that answered")
+    escalations: list[str] = Field(description="every rung this instance ran for the task, cheapest first")
+    confidences: list[float] = Field(description="the calibrated confidence at each rung")
+    degraded: bool = Field(description="the deadline cut the climb short below the confidence asked")
+
+
+class RowReceipt(_Answer):
+    """Budget auto: what one instance ran."""
+
+    tasks: dict[str, RowTaskReceipt]
+    flops: int = Field(description="FLOPs of every rung it ran (each rung's trunk and paths)")
+    flops_fraction: float
+
+
 class Receipt(_Answer):
-    """What actually ran for a request."""
+    """What actually ran for a request (budget auto: per task its dearest answering route)."""
 
     tasks: dict[str, TaskReceipt]
     trunk_width: float
@@ -109,6 +134,9 @@ class Receipt(_Answer):
     batch_size: int
     queue_ms: float
     compute_ms: float
+    confidence: float | None = Field(None, description="budget auto: the confidence asked")
+    flops_total: int | None = Field(None, description="budget auto: FLOPs of all instances together")
+    rows: list[RowReceipt] | None = Field(None, description="budget auto: per instance")
 
 
 class PredictResponse(_Answer):

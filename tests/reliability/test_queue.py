@@ -132,6 +132,28 @@ def test_a_request_timing_out_in_the_queue_gets_503_at_its_timeout_and_never_run
     figure("instances executed of the timed-out request", server.executed() - executed - 1)
 
 
+def test_budget_auto_past_its_deadline_answers_with_the_rung_it_has_marked_degraded(server, pool, scenes):
+    """The first rung held at the gate past timeout_ms: no row climbs further; the unsure ones
+    are answered by the first rung, degraded, never below min_budget (the first rung)."""
+    server.hold()
+    executed = server.executed()
+    body = payload(scenes.images[:8], task="sum", budget="auto", confidence=0.999, timeout_ms=1000)
+    asked = pool.submit(post, server.url, body)
+    wait_for(lambda: server.metric("trunkline_in_flight_requests") == 1)
+    time.sleep(1.3)
+    server.release()
+    r, _ = asked.result()
+    assert r.status_code == 200, r.text
+    receipt = r.json()["route"]
+    rows = [row["tasks"]["sum"] for row in receipt["rows"]]
+    assert all(len(row["escalations"]) == 1 for row in rows)  # the climb was cut short
+    unsure = [row for row in rows if row["confidences"][0] < 0.999]
+    assert unsure and all(row["degraded"] for row in unsure)
+    assert not any(row["degraded"] for row in rows if row not in unsure)
+    assert receipt["degraded"] is True
+    assert server.executed() - executed == 8  # the first rung only
+
+
 def test_a_client_that_goes_away_leaves_the_queue_and_its_running_request_is_dropped(
     server, pool, scenes, figure
 ):

@@ -1,0 +1,298 @@
+"""Anytime answers (issue 20): accuracy vs mean FLOPs of budget `auto` at several confidences,
+beside every static route of the frontier, per task of both bundled models; then, over HTTP,
+`auto` against `max` for text `sentiment` (batch-1 latency, saturated throughput).
+
+    python -m bench anytime --quick
+
+The curves replay the server's rule (routing.anytime) on every rung's outputs for the held-out
+split (text: sha1 mod 5 == 0; images: the 2,000 test-pool scenes of the card), each route run
+once in eager PyTorch: what the server answers to 1e-4. A row's FLOPs are those of every rung it
+ran. The HTTP part runs a real server.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import torch
+
+from bench.http_load import load, start_server, summarise
+from bench.model_level import goal
+from bench.scale import Scale
+from models.adapter import load_adapter
+from models.calibrate import route_outputs
+from models.kinds import kind
+from routing import Budget, RouteTables
+from routing.anytime import choose_ladder, unsure
+from server.settings import Settings
+
+CONFIDENCES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+MODELS = ("text-tasks", "mnist-scenes")
+# the FLOPs the issue allows auto to reach the max route's score - 0.5 points, per task
+TARGETS = {"sentiment": 0.45, "question_type": 0.45, "spam": 0.45, "presence": 0.6, "sum": 0.6, "count": 0.3}
+HTTP_TASK = "sentiment"
+
+
+def _score(k, probs: np.ndarray, target: np.ndarray, metric: str | None) -> float:
+    meter = k.metric(probs.shape[1] if probs.ndim > 1 else 1, metric)
+    meter.update(torch.from_numpy(probs), target)
+    return float(meter.value())
+
+
+def replay(
+    k, outputs: list[np.ndarray], temperatures: list[float], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the rung that answers (the first confident one, else the last) and the answer."""
+    n = len(outputs[0])
+    answered = np.full(n, len(outputs) - 1)
+    open_rows = np.ones(n, bool)
+    for i, (probs, t) in enumerate(zip(outputs[:-1], temperatures[:-1])):
+        done = open_rows & ~unsure(k.confidence(probs, t), threshold)
+        answered[done] = i
+        open_rows &= ~done
+    answer = np.stack(outputs)[answered, np.arange(n)]
+    return answered, answer
+
+
+def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None) -> dict:
+    spec = adapter.tasks[task]
+    k = kind(spec.kind)
+    decoded, target = data
+    if limit is not None and len(target) > limit:
+        decoded, target = adapter.take(decoded, np.arange(limit)), target[:limit]
+    metric = getattr(spec, "metric", None)
+    modules: dict = {}
+    floor = tables.resolve([task], Budget.parse("min"))
+    top = tables.resolve([task], Budget.parse("max"))
+    ladder = choose_ladder(tables, [task], floor, top)
+    full = adapter.row_full_flops(decoded, [task])
+    static = []
+    outputs = {}
+    for e in tables.tables[task]:
+        probs = route_outputs(adapter, task, e.route, decoded, modules)
+        outputs[e.id] = probs
+        flops = adapter.row_flops(decoded, {task: e.route})
+        static.append(
+            {
+                "route": e.id,
+                "fraction": float(flops.sum() / full.sum()),
+                "score": _score(k, probs, target, metric),
+            }
+        )
+    rungs = [p.entries[0] for p in ladder.rungs]
+    rung_flops = [adapter.row_flops(decoded, {task: e.route}) for e in rungs]
+    max_row = next(s for s in static if s["route"] == top.entries[0].id)
+    auto = []
+    for c in CONFIDENCES:
+        answered, answer = replay(k, [outputs[e.id] for e in rungs], [e.temperature for e in rungs], c)
+        spent = sum(np.where(answered >= i, f, 0.0) for i, f in enumerate(rung_flops))
+        fraction = float(spent.sum() / full.sum())
+        auto.append(
+            {
+                "confidence": c,
+                "fraction": round(fraction, 4),
+                "of_max_flops": round(fraction / max_row["fraction"], 4),
+                "score": round(_score(k, answer, target, metric), 4),
+                "escalated": round(float((answered > 0).mean()), 4),
+                "answered_by": [int((answered == i).sum()) for i in range(len(rungs))],
+            }
+        )
+    good = [a for a in auto if a["score"] >= max_row["score"] - 0.005]
+    best = min(good, key=lambda a: a["of_max_flops"]) if good else None
+    return {
+        "task": task,
+        "rows": len(target),
+        "ladder": [e.id for e in rungs],
+        "max_route": max_row["route"],
+        "max_score": round(max_row["score"], 4),
+        "static": [{**s, "fraction": round(s["fraction"], 4), "score": round(s["score"], 4)} for s in static],
+        "auto": auto,
+        "chosen": best,
+    }
+
+
+def curves(scale: Scale) -> tuple[list[dict], list[dict], dict]:
+    limit = {"tiny": 40}.get(scale.name)
+    rows, goals, per_model = [], [], {}
+    for name in MODELS:
+        adapter = load_adapter(name)
+        tables = RouteTables(adapter, adapter.route_rows)
+        data = adapter.labelled("test")
+        per_model[name] = []
+        for task in adapter.tasks:
+            if kind(adapter.tasks[task].kind).no_confidence:
+                continue
+            curve = task_curve(adapter, tables, task, data[task], limit)
+            per_model[name].append(curve)
+            chosen = curve["chosen"]
+            rows.append(
+                {
+                    "model": name,
+                    "task": task,
+                    "rows": curve["rows"],
+                    "ladder": " > ".join(curve["ladder"]),
+                    "max score": curve["max_score"],
+                    "confidence": chosen["confidence"] if chosen else None,
+                    "auto score": chosen["score"] if chosen else None,
+                    "auto FLOPs / max's": chosen["of_max_flops"] if chosen else None,
+                    "escalated": chosen["escalated"] if chosen else None,
+                }
+            )
+            if task in TARGETS:
+                value = chosen["of_max_flops"] if chosen else float("inf")
+                goals.append(
+                    goal(
+                        f"{name} {task}: auto FLOPs / max's at max's score - 0.5 points", value, TARGETS[task]
+                    )
+                )
+    return rows, goals, per_model
+
+
+def plot(per_model: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, tasks in per_model.items():
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+        for ax, curve in zip(axes[0], tasks):
+            s = curve["static"]
+            ax.scatter(
+                [r["fraction"] for r in s], [r["score"] for r in s], s=14, c="grey", label="static routes"
+            )
+            a = curve["auto"]
+            ax.plot([r["fraction"] for r in a], [r["score"] for r in a], "o-", c="tab:blue", label="auto")
+            for r in a:
+                ax.annotate(f"{r['confidence']}", (r["fraction"], r["score"]), fontsize=7)
+            ax.set_title(curve["task"])
+            ax.set_xlabel("mean FLOPs fraction")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("score (held-out)")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{name}: budget auto vs static routes")
+        fig.tight_layout()
+        path = out / "plots" / f"anytime-{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path.relative_to(out)))
+    return paths
+
+
+def _texts(n: int) -> list[str]:
+    from models.text_data import load_task
+
+    return load_task(HTTP_TASK).split("test").texts[:n]
+
+
+def http(scale: Scale, threads: int, port: int, confidence: float) -> tuple[list[dict], list[dict]]:
+    """Batch 1 on one keep-alive connection (p50, mean), and 16 closed-loop clients: auto at
+    `confidence` vs max, text `sentiment`; auto's answers under concurrency equal to a
+    sequential run's."""
+    n = {"tiny": 8}.get(scale.name, 30 * scale.rounds)
+    texts = _texts(n)
+    arms = {"max": {"budget": "max"}, "auto": {"budget": "auto", "confidence": confidence}}
+
+    def body(text: str, arm: str) -> dict:
+        return {"model": "text-tasks", "task": HTTP_TASK, "inputs": [{"text": text}], **arms[arm]}
+
+    proc = start_server(Settings().backend, port, threads, model="text-tasks")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for t in texts[:10]:
+                for arm in arms:
+                    client.post("/v1/predict", json=body(t, arm)).raise_for_status()
+            ms: dict[str, list[float]] = {arm: [] for arm in arms}
+            sequential = {}
+            for t in texts:  # interleaved, one keep-alive connection
+                for arm in arms:
+                    start = time.perf_counter()
+                    r = client.post("/v1/predict", json=body(t, arm))
+                    ms[arm].append((time.perf_counter() - start) * 1000)
+                    r.raise_for_status()
+                    if arm == "auto":
+                        sequential[t] = r.json()["outputs"][0][HTTP_TASK]["label"]
+        rps: dict[str, list[float]] = {arm: [] for arm in arms}
+        payloads = {arm: [(arm, orjson.dumps(body(t, arm))) for t in texts] for arm in arms}
+        for _ in range(scale.load_rounds):
+            for arm in arms:
+                rps[arm].append(summarise(load(url, payloads[arm], 16, scale.duration_s))["throughput_rps"])
+
+        def concurrent(chunk: list[str]) -> int:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                return sum(
+                    c.post("/v1/predict", json=body(t, "auto")).json()["outputs"][0][HTTP_TASK]["label"]
+                    != sequential[t]
+                    for t in chunk
+                )
+
+        with ThreadPoolExecutor(16) as pool:
+            mismatched = sum(pool.map(concurrent, [texts[i::16] for i in range(16)]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    latency = {arm: (statistics.median(v), statistics.mean(v)) for arm, v in ms.items()}
+    rows = [
+        {
+            "arm": arm,
+            "p50 ms": round(latency[arm][0], 3),
+            "mean ms": round(latency[arm][1], 3),
+            "saturated req/s (16 clients)": round(statistics.median(rps[arm]), 1),
+        }
+        for arm in arms
+    ]
+    auto_rps, max_rps = statistics.median(rps["auto"]), statistics.median(rps["max"])
+    goals = [
+        goal(
+            "text sentiment: auto mean latency / max's, batch 1 over HTTP",
+            latency["auto"][1] / latency["max"][1],
+            0.6,
+        ),
+        goal(
+            "text sentiment: auto p50 latency / max's, batch 1 over HTTP",
+            latency["auto"][0] / latency["max"][0],
+            0.6,
+        ),
+        goal(
+            "text sentiment: auto saturated req/s / max's (16 clients)",
+            auto_rps / max_rps,
+            1.8,
+            at_most=False,
+        ),
+        goal(
+            f"text sentiment: auto answers under 16 clients unlike the sequential run's (of {len(texts)})",
+            mismatched,
+            0,
+        ),
+    ]
+    return rows, goals
+
+
+def anytime(scale: Scale, threads: int, port: int, out: Path) -> dict:
+    torch.set_num_threads(threads)
+    rows, goals, per_model = curves(scale)
+    text_curve = next(c for c in per_model["text-tasks"] if c["task"] == HTTP_TASK)
+    confidence = (text_curve["chosen"] or text_curve["auto"][-1])["confidence"]
+    http_rows, http_goals = http(scale, threads, port, confidence)
+    return {
+        "confidence_for_http": confidence,
+        "rows": rows,
+        "http": http_rows,
+        "curves": [
+            {"model": m, "task": c["task"], "ladder": " > ".join(c["ladder"]), **a}
+            for m, cs in per_model.items()
+            for c in cs
+            for a in c["auto"]
+        ],
+        "plots": plot(per_model, out),
+        "goals": goals + http_goals,
+    }
