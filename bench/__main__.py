@@ -6,7 +6,8 @@
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
 Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
-repository, startup, workers, text-quality, text-serving, fast-routes, gpu (on a GPU machine).
+repository, startup, workers, text-quality, text-serving, fast-routes, gpu (on a GPU machine),
+anytime (budget auto).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench import fast_routes, gpu, model_level, overhead, report, repository, serving, text, workers
+from bench import anytime, fast_routes, gpu, model_level, overhead, report, repository, serving, text, workers
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
@@ -29,7 +30,8 @@ MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
 HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers"]
 TEXT = ["text-quality", "text-serving"]
 ROUTES = ["fast-routes", "gpu"]
-ALL = MODEL_LEVEL + HTTP + TEXT + ROUTES
+ANYTIME = ["anytime"]
+ALL = MODEL_LEVEL + HTTP + TEXT + ROUTES + ANYTIME
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         step("fast_routes", fast_routes.fast_routes, scale, args.threads, args.port + 40)
     if "gpu" in wanted:
         step("gpu", gpu.gpu, scale)
+    if "anytime" in wanted:
+        step("anytime", anytime.anytime, scale, args.threads, args.port + 50, args.out)
 
     minutes = (time.monotonic() - started) / 60
     path = report.write(results, args.out, command, scale.name, minutes)

@@ -32,6 +32,7 @@ TITLES = {
     "text_serving": "15. Text model: serving beside mnist-scenes",
     "fast_routes": "16. Fast routes: a cheap route cheap in wall-clock, both families (issue 19)",
     "gpu": "17. The GPU path",
+    "anytime": "18. Anytime answers: budget auto against static routes (issue 20)",
 }
 
 
@@ -195,7 +196,9 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
     for key, title in TITLES.items():
         if key not in results:
             continue
-        extra = {k: v for k, v in results[key].items() if k not in ("rows", "goals", "frontier", "plot")}
+        extra = {
+            k: v for k, v in results[key].items() if k not in ("rows", "goals", "frontier", "plot", "plots")
+        }
         tables = {k: v for k, v in extra.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         extra = {
             k: v
@@ -217,6 +220,8 @@ def write(results: dict, out: Path, command: str, scale: str, minutes: float) ->
             md.append(table(results[key]["frontier"]))
         if "plot" in results[key]:
             md.append(f"![{key}]({results[key]['plot']})\n")
+        for plot in results[key].get("plots", []):
+            md.append(f"![{key}]({plot})\n")
     flames = sorted((out / "flamegraphs").glob("*.svg")) if (out / "flamegraphs").is_dir() else []
     if flames:
         md.append("## Flame graphs of the server at saturation (`python -m bench.flamegraph`)\n")

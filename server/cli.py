@@ -46,6 +46,12 @@ def _serve(args: argparse.Namespace) -> None:
     uvicorn.run("server.app:create_app", factory=True, workers=settings.workers, **common)
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from models import calibrate
+
+    calibrate.main(args.model)
+
+
 def _train(args: argparse.Namespace) -> None:
     from models import text_train, train
 
@@ -242,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True)
     p.set_defaults(func=_remove_task)
+
+    p = sub.add_parser(
+        "calibrate", help="fit the temperatures budget auto needs, into the checkpoint (needs the data)"
+    )
+    p.add_argument("--model", required=True, action="append", help="a bundled name or a checkpoint folder")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("predict", help="send images to a server (the client)", add_help=False)
     p.set_defaults(func=None)
