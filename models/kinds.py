@@ -252,8 +252,12 @@ class MultiLabel(TaskKind):
         return ((probs >= 0.5) == (np.asarray(target) >= 0.5)).all(-1).astype(np.float64)
 
     def nll(self, probs, target, temperature):
-        q, t = _scaled_sigmoid(probs, temperature), np.asarray(target, np.float64)
-        return float(-(t * np.log(q) + (1 - t) * np.log(1 - q)).mean())
+        """Of the event the confidence predicts: the whole row right (exact match, the
+        metric). Per-label BCE, dominated by the many easy labels, fitted temperatures that
+        left the least certain label overconfident (presence: 96% of rows above 0.99)."""
+        conf = np.clip(self.confidence(probs, temperature), _EPS, 1 - _EPS)
+        right = self.correct(probs, target)
+        return float(-(right * np.log(conf) + (1 - right) * np.log(1 - conf)).mean())
 
 
 class Dense(TaskKind):

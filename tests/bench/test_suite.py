@@ -74,3 +74,18 @@ def test_report_files(tiny):
     raw = json.loads((out / "results.json").read_text())
     [run] = raw["runs"]  # a fresh folder: this run measured every section
     assert run["scale"] == "tiny" and set(run["sections"]) == set(raw["results"]) == set(results)
+
+
+def test_anytime_covers_every_task_with_a_confidence(tiny):
+    out, results = tiny
+    anytime = results["anytime"]
+    points = {(c["model"], c["task"], c["confidence"]) for c in anytime["curves"]}
+    tasks = {("text-tasks", t) for t in ("sentiment", "question_type", "spam")}
+    tasks |= {("mnist-scenes", t) for t in ("count", "presence", "sum", "segment")}
+    assert {(m, t) for m, t, _ in points} == tasks  # not sentiment_score: a regression has none
+    assert len(points) == 6 * len(tasks)
+    for c in anytime["curves"]:
+        assert 0 < c["fraction"] and sum(c["answered_by"]) > 0
+    assert {r["arm"] for r in anytime["http"]} == {"max", "auto"}
+    for plot in anytime["plots"]:
+        assert (out / plot).stat().st_size > 1000
