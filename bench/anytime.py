@@ -146,7 +146,7 @@ def curves(scale: Scale) -> tuple[list[dict], list[dict], dict]:
         data = adapter.labelled("test")
         per_model[name] = []
         for task in adapter.tasks:
-            if kind(adapter.tasks[task].kind).no_confidence:
+            if kind(adapter.tasks[task].kind).no_confidence or task not in data:
                 continue
             curve = task_curve(adapter, tables, task, data[task], limit)
             per_model[name].append(curve)

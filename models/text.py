@@ -207,8 +207,9 @@ class TextAdapter(ModelAdapter):
 
     def labelled(self, split: str) -> dict[str, tuple[Texts, np.ndarray]]:
         """Validation: the rows route tables were built on (the recipe's `val_rows` first
-        rows of the validation split); test: the whole held-out split (sha1 mod 5 == 0)."""
-        from models.text_data import load_task
+        rows of the validation split); test: the whole held-out split (sha1 mod 5 == 0).
+        Bundled tasks only: an added task's rows are in the CSV it was added from."""
+        from models.text_data import LOADERS, load_task
         from models.text_train import TextRecipe
 
         if split not in ("validation", "test"):
@@ -218,6 +219,8 @@ class TextAdapter(ModelAdapter):
         rows = recipe.get("val_rows", TextRecipe.val_rows) if split == "validation" else None
         out = {}
         for name in self.tasks:
+            if name not in LOADERS:  # an added task: its data is the user's CSV, not packaged
+                continue
             data = load_task(name).split(split)
             texts, targets = data.texts[:rows], data.targets[:rows]
             out[name] = (self.tokenize(texts), np.asarray(targets))
