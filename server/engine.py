@@ -287,8 +287,9 @@ class Engine:
                 raise InvalidValue(f"task {t!r}: {why}", "budget")
             if any(e.temperature is None for e in self.tables.tables[t]):
                 raise InvalidValue(
-                    f"task {t!r} has no calibrated confidence in this checkpoint (run `python -m "
-                    "models.calibrate` on it): give a tier or a fraction",
+                    f"task {t!r} has no calibrated confidence in this checkpoint (`trunkline "
+                    "calibrate` fits the tasks with packaged data; one added from a CSV has none "
+                    "yet): give a tier or a fraction",
                     "budget",
                 )
         budgets = {}
