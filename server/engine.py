@@ -357,24 +357,25 @@ class Engine:
             own = max(own, self.batcher.batch_ms_at(plan.trunk, plan, n)) + self.batcher.ahead_ms(plan.trunk)
         return time.monotonic() + own / 1000 <= deadline
 
-    async def _climb(self, admission: AutoAdmission, inputs, n: int) -> Prediction:
+    async def _climb(self, admission: AutoAdmission, inputs, n: int, encode: Encode | None) -> Prediction:
         """Run the ladder: every row on the first rung, then each rung on the rows (and tasks)
         still below the confidence. Rows escalated together, in groups by the tasks they
         still need, enter the batcher at once: they batch with each other and with other
         requests on that trunk, which runs once per batch."""
         ladder, c = admission.ladder, admission.confidence
         tasks = list(ladder.tasks)
-        first = await self._submit(
+        first = await self.batcher.submit(
             WorkItem(inputs, ladder.rungs[0], admission.deadline, admission.priority, n=n, keep_inputs=True)
         )
         decoded = first.decoded
         answers = {t: first.outputs[t].copy() for t in tasks}
         confidence = {t: np.empty(n) for t in tasks}
         rows = [
-            RowTrace({t: [] for t in tasks}, {t: [] for t in tasks}, dict.fromkeys(tasks, False))
-            for _ in range(n)
+            RowTrace(
+                {t: [] for t in tasks}, {t: [] for t in tasks}, dict.fromkeys(tasks, False), full_flops=f
+            )
+            for f in self.adapter.row_full_flops(decoded, tasks).tolist()
         ]
-        full = self.adapter.row_full_flops(decoded, tasks)
         pending = {t: np.zeros(n, bool) for t in tasks}
         compute_ms = first.compute_ms
 
@@ -410,7 +411,7 @@ class Engine:
                 items.append((group, np.asarray(where), part, plan))
             results = await asyncio.gather(
                 *(
-                    self._submit(WorkItem(part, plan, admission.deadline, admission.priority))
+                    self.batcher.submit(WorkItem(part, plan, admission.deadline, admission.priority))
                     for _, _, part, plan in items
                 ),
                 return_exceptions=True,
@@ -426,19 +427,11 @@ class Engine:
         for t in tasks:
             for r in np.flatnonzero(pending[t]):  # cut short by the deadline
                 rows[r].degraded[t] = True
-        for r, f in zip(rows, full):
-            r.full_flops = float(f)
-        result = BatchResult(answers, first.batch_size, first.queue_ms, compute_ms, first.decode_ms, 0.0)
-        result.decoded = decoded
+        info = self.adapter.describe(decoded, ladder.rungs[0].routes) or {}
+        result = BatchResult(answers, first.batch_size, first.queue_ms, compute_ms, first.decode_ms)
+        result.info = {k: v for k, v in info.items() if k in ("tokens", "truncated")}
+        result.encoded = encode(answers, confidence) if encode is not None else None
         return Prediction(admission, result, rows, confidence)
-
-    async def _submit(self, item: WorkItem) -> BatchResult:
-        m, name = self.metrics, self.name
-        m.in_flight.labels(name).inc()
-        try:
-            return await self.batcher.submit(item)
-        finally:
-            m.in_flight.labels(name).dec()
 
     PRESSURE_S = 1.0
 
@@ -529,36 +522,36 @@ class Engine:
         decode them (`n` instances) and `encode` what to make of the outputs: both then run
         in the batch, on the compute thread."""
         plan, m, name = admission.plan, self.metrics, self.name
-        if isinstance(admission, AutoAdmission):
-            prediction = await self._climb(admission, inputs, n)
-            hooks.leak(self.settings)
-            result = prediction.result
-            m.queue_time.labels(name).observe(result.queue_ms / 1000)
-            m.compute_time.labels(name).observe(result.compute_ms / 1000)
-            for t in admission.ladder.tasks:
-                for row in prediction.rows:
-                    m.answered_by.labels(name, t, str(len(row.rungs[t]) - 1)).inc()
-            info = self.adapter.describe(result.decoded, plan.routes)
-            result.info = {k: v for k, v in (info or {}).items() if k in ("tokens", "truncated")}
-            if encode is not None:
-                result.encoded = encode(result.outputs, prediction.confidence)
-            return prediction
-        describe = partial(self.adapter.describe, routes=plan.routes)
-        item = WorkItem(
-            inputs, plan, admission.deadline, admission.priority, n=n, encode=encode, describe=describe
-        )
         m.in_flight.labels(name).inc()
         try:
-            result = await self.batcher.submit(item)
+            if isinstance(admission, AutoAdmission):
+                prediction = await self._climb(admission, inputs, n, encode)
+            else:
+                describe = partial(self.adapter.describe, routes=plan.routes)
+                item = WorkItem(
+                    inputs,
+                    plan,
+                    admission.deadline,
+                    admission.priority,
+                    n=n,
+                    encode=encode,
+                    describe=describe,
+                )
+                prediction = Prediction(admission, await self.batcher.submit(item))
         finally:
             m.in_flight.labels(name).dec()
         hooks.leak(self.settings)
+        result = prediction.result
         m.queue_time.labels(name).observe(result.queue_ms / 1000)
         m.compute_time.labels(name).observe(result.compute_ms / 1000)
-        if admission.degraded:
+        if prediction.rows is not None:
+            for t in admission.ladder.tasks:
+                for row in prediction.rows:
+                    m.answered_by.labels(name, t, str(len(row.rungs[t]) - 1)).inc()
+        elif admission.degraded:
             for t in plan.tasks:
                 m.degraded.labels(name, t).inc()
-        return Prediction(admission, result)
+        return prediction
 
     def encode_json(
         self, outputs: dict[str, np.ndarray], options: dict, confidence: dict[str, np.ndarray] | None = None
