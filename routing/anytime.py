@@ -10,10 +10,10 @@ table alone, at load time (docs/design.md, "Anytime answers"): two rungs,
 2. the cheapest plan, within `max_budget` (default `max`), whose validation score equals the
    best one there: what `max` answers, at the least cost.
 
-(A single rung where the floor already scores as well.) Measured on both bundled models'
-validation splits, middle rungs cost more than they saved: a row that climbs pays for every
-rung it ran, and the rows a middle rung is sure of are mostly those the first was sure of
-(bench/RESULTS.md, "Anytime answers").
+(A single rung where the floor already scores as well.) On both bundled models' validation
+splits, every ladder with middle rungs that was tried (geometric steps of 2x to 6x in FLOPs,
+a middle rung at the geometric mean) cost more FLOPs for the same score: a row that climbs
+pays for every rung it ran.
 """
 
 from __future__ import annotations
