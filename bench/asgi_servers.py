@@ -30,6 +30,7 @@ def measure(server: str, port: int, requests: int) -> dict[str, float]:
     env = {
         **os.environ,
         "TRUNKLINE_PORT": str(port),
+        "TRUNKLINE_GRPC_PORT": "0",
         "TRUNKLINE_LOG_LEVEL": "warning",
         "TRUNKLINE_MODEL": "mnist-scenes,text-tasks",
     }

@@ -36,7 +36,12 @@ def main() -> None:
     from models.data import make_scenes
 
     images = make_scenes(256, "test", seed=4242).images
-    env = {**os.environ, "TRUNKLINE_PORT": str(args.port), "TRUNKLINE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "TRUNKLINE_PORT": str(args.port),
+        "TRUNKLINE_GRPC_PORT": "0",
+        "TRUNKLINE_LOG_LEVEL": "warning",
+    }
     if args.backend:
         env["TRUNKLINE_BACKEND"] = args.backend
     cwd = None

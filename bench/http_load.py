@@ -166,6 +166,7 @@ def start_server(backend: str, port: int, threads: int, **settings: str) -> subp
         **os.environ,
         "TRUNKLINE_BACKEND": backend,
         "TRUNKLINE_PORT": str(port),
+        "TRUNKLINE_GRPC_PORT": "0",  # settings={"grpc_port": ...} for the gRPC benchmark
         "TRUNKLINE_THREADS": str(threads),
         "TRUNKLINE_LOG_LEVEL": "warning",
         **{f"TRUNKLINE_{k.upper()}": v for k, v in settings.items()},

@@ -14,10 +14,12 @@ from __future__ import annotations
 from ray import serve
 
 from server.app import create_app
+from server.settings import Settings
 
 
 def build_app():
-    return create_app(calibrate_before_serving=True)
+    # HTTP only: Ray Serve's proxy fronts the replicas (each would take port 8001 for itself)
+    return create_app(Settings(grpc_port=0), calibrate_before_serving=True)
 
 
 @serve.deployment(

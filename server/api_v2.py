@@ -138,10 +138,9 @@ def input_tensors(req: InferRequest, binary: memoryview) -> list[tuple[Tensor, s
     return tensors
 
 
-def input_tensor(req: InferRequest, binary: memoryview, engine: Engine) -> tuple[Tensor, str, int]:
-    """The model's one input tensor, its field name and its number of instances. Its data
-    is decoded later, in the batch."""
-    tensors = input_tensors(req, binary)
+def input_tensor(tensors: list[tuple[Tensor, str]], engine: Engine) -> tuple[Tensor, str, int]:
+    """The model's one input tensor, its field name and its number of instances (HTTP and
+    gRPC). Its data is decoded later, in the batch."""
     expected = engine.adapter.input_name
     names = [t.name for t, _ in tensors]
     if names != [expected]:
@@ -159,10 +158,9 @@ def input_tensor(req: InferRequest, binary: memoryview, engine: Engine) -> tuple
     return tensor, field, tensor.shape[0]
 
 
-def request_options(req: InferRequest, engine: Engine) -> RequestOptions:
-    """Trunkline's parameters: task(s), budget, min_budget, timeout (µs), priority; budget
-    auto's confidence and max_budget."""
-    p = dict(req.parameters or {})
+def request_options(p: dict, engine: Engine) -> RequestOptions:
+    """Trunkline's request parameters (HTTP and gRPC): task(s), budget, min_budget, timeout
+    (µs), priority; budget auto's confidence and max_budget."""
     if "tasks" in p and "task" in p:
         raise InvalidInput("give parameters.task or parameters.tasks, not both", "parameters.task")
     field = "parameters.tasks" if "tasks" in p else "parameters.task"
@@ -312,9 +310,9 @@ async def infer(call: Call) -> Response:
     timings = call.timings
     with call.repository.lease(call.params["model"], call.params.get("version")) as engine:
         call.model = engine.name
-        opts = request_options(req, engine)
+        opts = request_options(dict(req.parameters or {}), engine)
         call.tasks = engine.known_tasks(opts.tasks)
-        tensor, field, n = input_tensor(req, binary, engine)
+        tensor, field, n = input_tensor(input_tensors(req, binary), engine)
         timings.lap("parse")
         admission = engine.admit(opts, n, "parameters.priority", call.arrived)
         call.routes = {e.task: e.id for e in admission.plan.entries}

@@ -92,6 +92,11 @@ def create_app(settings: Settings | None = None, *, calibrate_before_serving: bo
     async def lifespan(app: FastAPI):
         repo = ModelRepository(settings, app.state.metrics)
         app.state.repository = repo
+        grpc_server = None
+        if settings.grpc_port:
+            from server import api_grpc  # grpcio loads only where gRPC serves
+
+            grpc_server = await api_grpc.start(app.state, settings)
         loading = asyncio.create_task(repo.start())
         loading.add_done_callback(_report_failure)
         if calibrate_before_serving:
@@ -99,7 +104,9 @@ def create_app(settings: Settings | None = None, *, calibrate_before_serving: bo
         try:
             yield
         finally:
-            repo.draining = True  # refuse new work; uvicorn has drained connections
+            repo.draining = True  # refuse new work; uvicorn has drained HTTP connections
+            if grpc_server is not None:  # no new calls; those in flight finish
+                await grpc_server.stop(grace=settings.drain_timeout_s)
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await repo.stop()

@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--grpc-port",
+        dest="grpc_port",
+        type=int,
+        help="port of the Open Inference Protocol over gRPC (default 8001, as Triton; 0: no gRPC)",
+    )
     p.add_argument("--backend", choices=["torch", "onnxruntime"])
     p.add_argument("--threads", type=int)
     p.add_argument(

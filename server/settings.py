@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC (as Triton's); 0: off"
+    )
     backend: Literal["torch", "onnxruntime"] = Field(
         "onnxruntime",
         description="onnxruntime: every route an exported graph (fused attention; batch 1 2-4x faster than "

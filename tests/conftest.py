@@ -12,6 +12,10 @@ import httpx
 import pytest
 import torch
 
+# every server of the suite (subprocesses and in-process apps) serves HTTP on a free port and no
+# gRPC, unless a test asks for gRPC on a free port of its own: 8001 is one port for many servers
+os.environ.setdefault("TRUNKLINE_GRPC_PORT", "0")
+
 
 def free_port() -> int:
     with socket.socket() as s:
