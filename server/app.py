@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -74,6 +75,8 @@ class DrainingServer(uvicorn.Server):
         repository = getattr(self.app.state, "repository", None)
         if repository is not None:
             repository.draining = True
+        if not hasattr(self.app.state, "drain_started"):
+            self.app.state.drain_started = time.monotonic()  # the drain timeout counts from here
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM and sig in getattr(self, "_captured_signals", []):
             self._captured_signals.remove(sig)
@@ -105,8 +108,9 @@ def create_app(settings: Settings | None = None, *, calibrate_before_serving: bo
             yield
         finally:
             repo.draining = True  # refuse new work; uvicorn has drained HTTP connections
-            if grpc_server is not None:  # no new calls; those in flight finish
-                await grpc_server.stop(grace=settings.drain_timeout_s)
+            if grpc_server is not None:  # no new calls; those in flight finish within the drain
+                since = time.monotonic() - getattr(app.state, "drain_started", time.monotonic())
+                await grpc_server.stop(grace=max(0.0, settings.drain_timeout_s - since))
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await repo.stop()

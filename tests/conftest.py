@@ -28,10 +28,13 @@ class RunningServer:
         """`log`: a file for the server's output (default: the test's output)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = int(env.get("TRUNKLINE_GRPC_PORT") or free_port())
+        self.grpc = f"127.0.0.1:{self.grpc_port}"  # the gRPC front's address (0: none)
         environ = {
             **os.environ,
             "TRUNKLINE_BACKEND": backend,
             "TRUNKLINE_PORT": str(self.port),
+            "TRUNKLINE_GRPC_PORT": str(self.grpc_port),
             "TRUNKLINE_BATCH_BUCKETS": "[1,8,64]",
             "TRUNKLINE_CALIBRATION_ROUNDS": "1",
             "TRUNKLINE_THREADS": "1",

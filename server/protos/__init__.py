@@ -40,6 +40,50 @@ inference = _messages("inference")  # inference.ModelInferRequest, ...
 health = _messages("grpc.health.v1")
 
 
+class Malformed:
+    """A request whose bytes do not parse as the method's message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _parser(message: type):
+    def parse(raw: bytes):
+        try:
+            return message.FromString(raw)
+        except Exception as err:  # noqa: BLE001 - DecodeError, or what upb raises instead
+            return Malformed(err)
+
+    return parse
+
+
+def _checked(fn, name: str, streaming: bool):
+    """`fn`, answering INVALID_ARGUMENT for a message that does not parse (gRPC would answer
+    INTERNAL, a server error, for the client's mistake)."""
+
+    async def refuse(request: Malformed, context) -> None:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name} message: {request.error}"
+        )
+
+    if streaming:
+
+        async def stream(request, context):
+            if isinstance(request, Malformed):
+                await refuse(request, context)
+            async for item in fn(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request, context):
+        if isinstance(request, Malformed):
+            return await refuse(request, context)
+        return await fn(request, context)
+
+    return unary
+
+
 def service_handler(service: str, servicer: object) -> grpc.GenericRpcHandler:
     """The service's RPCs served by the servicer's methods of the same names (async
     functions for unary answers, async generators for streams)."""
@@ -47,11 +91,14 @@ def service_handler(service: str, servicer: object) -> grpc.GenericRpcHandler:
     handlers = {}
     for method in descriptor.methods:
         fn = getattr(servicer, method.name)
+        streaming = method.server_streaming
+        assert streaming == inspect.isasyncgenfunction(fn), method.name
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        assert method.server_streaming == inspect.isasyncgenfunction(fn), method.name
+        make = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
-            fn, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+            _checked(fn, method.input_type.full_name, streaming),
+            request_deserializer=_parser(request),
+            response_serializer=response.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service, handlers)
