@@ -59,3 +59,21 @@ def test_full_queue_answers_429_and_keeps_serving(strict_server, scenes):
             assert r.headers["retry-after"] == "1" and "queue is full" in r.json()["error"]["message"]
     after = send(0)
     assert after.status_code == 200
+
+
+def test_grpc_needs_the_same_bearer_token_but_not_for_probes(strict_server, scenes):
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(strict_server.grpc)
+    x = tg.InferInput("image", [1, 56, 56], "UINT8")
+    x.set_data_from_numpy(scenes.images[:1].astype("uint8"))
+    assert client.is_server_live() and client.is_server_ready()
+    for headers in (None, {"authorization": "Bearer wrong"}):
+        with pytest.raises(tg.InferenceServerException) as e:
+            client.infer("mnist-scenes", [x], parameters={"task": "count"}, headers=headers)
+        assert e.value.status() == "StatusCode.UNAUTHENTICATED" and "authorization" in e.value.message()
+        with pytest.raises(tg.InferenceServerException):
+            client.get_model_metadata("mnist-scenes", headers=headers)
+    ok = client.infer("mnist-scenes", [x], parameters={"task": "count"}, headers={"authorization": f"Bearer {TOKEN}"})
+    assert ok.as_numpy("count_label").shape == (1,)
+    client.close()

@@ -98,6 +98,33 @@ def test_reload_swaps_atomically_under_traffic(server, scenes):
     assert first["outputs"] == last["outputs"] and last["model"] == "mnist-scenes"
 
 
+def test_grpc_repository_index_load_and_unload(server, scenes):
+    """The same repository through Triton's gRPC client (RepositoryIndex, RepositoryModelLoad,
+    RepositoryModelUnload), explicit mode."""
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(server.grpc)
+    x = tg.InferInput("image", [2, 56, 56], "UINT8")
+    x.set_data_from_numpy(scenes.images[:2])
+    index = {m.name: (m.state, m.version) for m in client.get_model_repository_index().models}
+    assert index == {"mnist-scenes": ("READY", "1"), "scenes-b": ("READY", "1")}
+    client.unload_model("scenes-b")
+    assert not client.is_model_ready("scenes-b")
+    assert {m.name: m.state for m in client.get_model_repository_index().models}["scenes-b"] == "UNAVAILABLE"
+    with pytest.raises(tg.InferenceServerException) as e:
+        client.infer("scenes-b", [x], parameters={"task": "sum"})
+    assert e.value.status() == "StatusCode.NOT_FOUND" and "not loaded" in e.value.message()
+    client.load_model("scenes-b")
+    assert client.is_model_ready("scenes-b")
+    a = client.infer("scenes-b", [x], parameters={"task": "sum"}).as_numpy("sum_label")
+    b = client.infer("mnist-scenes", [x], parameters={"task": "sum"}).as_numpy("sum_label")
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(tg.InferenceServerException) as e:
+        client.load_model("nope")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    client.close()
+
+
 def test_load_and_unload_need_explicit_mode(scenes):
     s = RunningServer("torch", TRUNKLINE_MODEL="mnist-scenes")  # model control mode none (the default)
     try:
@@ -105,6 +132,14 @@ def test_load_and_unload_need_explicit_mode(scenes):
         for action in ("load", "unload"):
             r = httpx.post(f"{s.url}/v2/repository/models/mnist-scenes/{action}", timeout=30)
             assert r.status_code == 403 and "--model-control-mode explicit" in r.json()["error"]
+        import tritonclient.grpc as tg
+
+        client = tg.InferenceServerClient(s.grpc)
+        for action in (client.load_model, client.unload_model):
+            with pytest.raises(tg.InferenceServerException) as e:
+                action("mnist-scenes")
+            assert e.value.status() == "StatusCode.PERMISSION_DENIED"
+            assert "--model-control-mode explicit" in e.value.message()
         index = httpx.post(f"{s.url}/v2/repository/index").json()
         assert index == [{"name": "mnist-scenes", "version": "1", "state": "READY", "reason": ""}]
     finally:
