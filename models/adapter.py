@@ -47,6 +47,8 @@ class ModelAdapter:
 
     family: ClassVar[str]
     input_name: ClassVar[str]  # the v1 instance key and the OIP input tensor name
+    # the JSON schema of a v1 instance, for the OpenAPI document
+    instance_schema: ClassVar[dict] = {"type": "object"}
 
     def __init__(self, path: Path, name: str, version: str) -> None:
         self.path, self.name, self.version = path, name, version
@@ -198,14 +200,21 @@ def family_of(path: Path) -> str:
     return config.get("family", "image") if isinstance(config, dict) else "image"
 
 
-def load_adapter(path: str | Path, name: str | None = None, version: str = "1") -> ModelAdapter:
-    """The adapter of the checkpoint at `path` (a directory or a bundled model's name)."""
-    from models import (  # noqa: PLC0415 - the families import this module
-        checkpoint,
-        image,  # noqa: F401 - importing a family registers it
-        text,  # noqa: F401
+def families() -> dict[str, type[ModelAdapter]]:
+    """Every model family installed, by name."""
+    from models import (  # noqa: F401, PLC0415 - the families import this module; importing one registers it
+        image,
+        text,
     )
 
+    return FAMILIES
+
+
+def load_adapter(path: str | Path, name: str | None = None, version: str = "1") -> ModelAdapter:
+    """The adapter of the checkpoint at `path` (a directory or a bundled model's name)."""
+    from models import checkpoint  # noqa: PLC0415
+
+    families()
     path = checkpoint.resolve(path)
     family = family_of(path)
     if family not in FAMILIES:

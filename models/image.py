@@ -25,6 +25,23 @@ DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
 class ImageAdapter(ModelAdapter):
     family = "image"
     input_name = "image"
+    instance_schema = {
+        "type": "object",
+        "properties": {
+            "image": {
+                "oneOf": [
+                    {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png"},
+                    {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 255}},
+                        "description": "rows of pixels (the model's height x width)",
+                    },
+                ]
+            }
+        },
+        "required": ["image"],
+        "additionalProperties": False,
+    }
 
     def __init__(self, path: Path, name: str, version: str) -> None:
         super().__init__(path, name, version)

@@ -138,6 +138,12 @@ def _load_added_tasks(model: TextRoutedModel, tables: dict, folder: Path) -> Non
 class TextAdapter(ModelAdapter):
     family = "text"
     input_name = "text"
+    instance_schema = {
+        "type": "object",
+        "properties": {"text": {"type": "string", "pattern": "\\S", "description": "UTF-8 text, not blank"}},
+        "required": ["text"],
+        "additionalProperties": False,
+    }
 
     def __init__(self, path: Path, name: str, version: str) -> None:
         super().__init__(path, name, version)

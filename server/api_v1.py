@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from models.adapter import ModelAdapter
+from models.adapter import ModelAdapter, families
 from server.engine import RequestOptions
 from server.errors import InvalidInput, ModelNotFound, TooLarge, UnsupportedMediaType
 from server.http import Call, V1Route, answer, model_response, parse_json, require_auth, v1_error
@@ -93,15 +93,19 @@ def decode_inputs(req: PredictRequest, adapter: ModelAdapter) -> np.ndarray:
     return adapter.join(decoded)
 
 
+def predict_body() -> dict:
+    """The request's schema, each instance as one of the installed families declares it."""
+    body = openapi_body(PredictRequest)
+    body["properties"]["inputs"]["items"] = {"anyOf": [f.instance_schema for f in families().values()]}
+    return body
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
     responses=ERRORS,
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": openapi_body(PredictRequest)}},
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body()}}}
     },
 )
 async def predict_route(request: Request) -> Response:

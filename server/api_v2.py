@@ -271,16 +271,11 @@ def respond(
     )
 
 
+# JSON, as the protocol's own OpenAPI document declares it. The binary tensor data extension
+# (the JSON header, then the tensors' bytes; Inference-Header-Content-Length: the header's
+# length) is negotiated by that header, whatever the content type: no schema can say it
 INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": openapi_body(InferRequest)},
-            # the binary tensor data extension: the JSON header, then the tensors' bytes
-            # (Inference-Header-Content-Length: the header's length)
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_body(InferRequest)}}}
 }
 
 
@@ -288,8 +283,12 @@ INFER_BODY = {
     "/models/{model}/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_BODY
 )
 async def infer_route(model: str, request: Request) -> Response:
-    """Served by `infer` straight from ASGI (server.app); declared here for the OpenAPI page
-    and for apps that mount this router."""
+    """Inference. Binary tensor data extension: the body is the JSON header then the tensors'
+    bytes (in the order of the inputs' `parameters.binary_data_size`), with the header
+    `Inference-Header-Content-Length: <JSON header bytes>`; outputs asking for `binary_data`
+    come back the same way."""
+    # served by `infer` straight from ASGI (server.app); declared here for the OpenAPI page
+    # and for apps that mount this router
     call = Call.of(request.app.state, request.headers, dict(request.path_params))
     return await answer(call, request.receive, infer, v2_error)
 
@@ -306,10 +305,11 @@ async def infer_version_route(model: str, version: str, request: Request) -> Res
 
 
 async def infer(call: Call) -> Response:
-    req, binary = split_body(call.body, call.headers.get(HEADER_LENGTH))
     timings = call.timings
+    # the model first: an unknown model is a 404 whatever the body
     with call.repository.lease(call.params["model"], call.params.get("version")) as engine:
         call.model = engine.name
+        req, binary = split_body(call.body, call.headers.get(HEADER_LENGTH))
         opts = request_options(dict(req.parameters or {}), engine)
         call.tasks = engine.known_tasks(opts.tasks)
         tensor, field, n = input_tensor(input_tensors(req, binary), engine)

@@ -92,7 +92,7 @@ def v1_error(err: e.TrunklineError) -> Response:
     return json_response(body, status, _headers(err, status))
 
 
-V2_STATUS = {e.InvalidInput: 400}
+V2_STATUS = {e.InvalidInput: 400, e.InvalidValue: 400}  # the protocol answers every invalid request 400
 
 
 def v2_error(err: e.TrunklineError) -> Response:

@@ -175,9 +175,9 @@ def _v2(inputs=None, parameters=None, outputs=None):
 
 V2 = [
     ("no task", _v2(parameters={}), None, 400, "parameters.task"),
-    ("unknown task", _v2(parameters={"task": "colour"}), None, 422, "parameters.task"),
+    ("unknown task", _v2(parameters={"task": "colour"}), None, 400, "parameters.task"),
     ("task not string", _v2(parameters={"task": 3}), None, 400, "parameters.task"),
-    ("bad budget", _v2(parameters={"task": "sum", "budget": 2}), None, 422, "budget"),
+    ("bad budget", _v2(parameters={"task": "sum", "budget": 2}), None, 400, "budget"),
     ("bad timeout", _v2(parameters={"task": "sum", "timeout": -1}), None, 400, "parameters.timeout"),
     ("bad priority", _v2(parameters={"task": "sum", "priority": "high"}), None, 400, "parameters.priority"),
     (
@@ -262,6 +262,9 @@ def test_v2_bad_input(server, case):
 def test_v2_unknown_model_and_bad_header(server):
     r = httpx.post(f"{server.url}/v2/models/resnet/infer", json=_v2())
     assert r.status_code == 404 and "resnet" in r.json()["error"]
+    for body in (b"{}", b"not json", b""):  # the model is looked up first, whatever the body
+        r = httpx.post(f"{server.url}/v2/models/mnist/infer", content=body)
+        assert r.status_code == 404 and "unknown model 'mnist'" in r.json()["error"], r.text
     r = httpx.post(
         f"{server.url}/v2/models/mnist-scenes/infer",
         content=b"{}",
