@@ -6,7 +6,7 @@
     python -m bench all --tiny --out /tmp/b   # seconds per comparison: what CI runs
 
 Comparisons: budget, accuracy, sparse, fanout, overhead, peers, overload, memory, limit, backends,
-repository, startup, workers, text-quality, text-serving, fast-routes, gpu (on a GPU machine),
+repository, startup, workers, grpc, text-quality, text-serving, fast-routes, gpu (on a GPU machine),
 anytime (budget auto).
 """
 
@@ -20,14 +20,26 @@ from pathlib import Path
 
 import torch
 
-from bench import anytime, fast_routes, gpu, model_level, overhead, report, repository, serving, text, workers
+from bench import (
+    anytime,
+    fast_routes,
+    gpu,
+    model_level,
+    overhead,
+    protocols,
+    report,
+    repository,
+    serving,
+    text,
+    workers,
+)
 from bench.scale import SCALES
 from models import checkpoint
 from models.routes import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
-HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers"]
+HTTP = ["overhead", "peers", "overload", "memory", "repository", "startup", "workers", "grpc"]
 TEXT = ["text-quality", "text-serving"]
 ROUTES = ["fast-routes", "gpu"]
 ANYTIME = ["anytime"]
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         from models.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
-        if needs_server - {"memory", "repository", "startup", "workers"}:
+        if needs_server - {"memory", "repository", "startup", "workers", "grpc"}:
             with serving.trunkline(args.port, args.threads, scale) as (_, url):
                 if "overhead" in wanted:
                     step("overhead", overhead.overhead, url, images, scale, args.threads)
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
             step("startup", repository.startup, scale, args.threads, args.port + 21)
         if "workers" in wanted:
             step("workers", workers.workers, images, scale, args.threads, args.port + 22)
+        if "grpc" in wanted:
+            step("grpc", protocols.grpc_vs_http, images, scale, args.threads, args.port + 60)
 
     if "text-quality" in wanted:
         step("text_quality", text.quality, scale, args.threads)

@@ -63,6 +63,7 @@ async def _drive(
     limit: int,
     path: str = "/v1/predict",
     rate: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list:
     """Closed loop (`concurrency` clients back to back) or, with `rate`, open loop: requests
     start on a fixed schedule of `rate` per second whatever the answers, up to `limit`.
@@ -71,7 +72,7 @@ async def _drive(
     cores (more than the server), aiohttp ~0.5 ms, so the load generator no longer caps the
     throughput it measures."""
     results, stop = [], time.monotonic() + duration
-    headers = {"content-type": "application/json"}
+    headers = headers or {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
@@ -83,7 +84,8 @@ async def _drive(
                 async with session.post(path, data=body, headers=headers) as r:
                     status, raw = r.status, await r.read()
                     retry = "Retry-After" in r.headers
-                receipt = orjson.loads(raw).get("route", {}) if status == 200 else {}
+                v1 = status == 200 and path == "/v1/predict"  # (v2 bodies may be binary)
+                receipt = orjson.loads(raw).get("route", {}) if v1 else {}
                 batch, fraction = receipt.get("batch_size", 0), receipt.get("flops_fraction")
             except (aiohttp.ClientError, TimeoutError):
                 status, batch, fraction, retry = 0, 0, None, False
@@ -108,11 +110,11 @@ async def _drive(
         return [(ms, st, b, t - t0, tag, f, t, retry) for ms, st, b, t, tag, f, retry in results]
 
 
-def _load_process(url, payloads, concurrency, duration, limit, path, rate, queue) -> None:
+def _load_process(url, payloads, concurrency, duration, limit, path, rate, headers, queue) -> None:
     # uvloop: the load generator shares these cores with the server it measures; the default
     # loop cost it ~1.5 ms of CPU per request at 470 req/s, a core of its own
     uvloop.install()
-    queue.put(asyncio.run(_drive(url, payloads, concurrency, duration, limit, path, rate)))
+    queue.put(asyncio.run(_drive(url, payloads, concurrency, duration, limit, path, rate, headers)))
 
 
 def load(
@@ -123,6 +125,7 @@ def load(
     limit: int = 100_000,
     path: str = "/v1/predict",
     rate: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list:
     """Run the load generator in its own process; per request (latency_ms, status, batch size,
     seconds since start, tag, FLOPs fraction of the receipt or None, time.monotonic() at the
@@ -133,7 +136,7 @@ def load(
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
-        target=_load_process, args=(url, payloads, concurrency, duration, limit, path, rate, queue)
+        target=_load_process, args=(url, payloads, concurrency, duration, limit, path, rate, headers, queue)
     )
     proc.start()
     results = queue.get(timeout=duration + 180)

@@ -33,6 +33,7 @@ TITLES = {
     "fast_routes": "16. Fast routes: a cheap route cheap in wall-clock, both families (issue 19)",
     "gpu": "17. The GPU path",
     "anytime": "18. Anytime answers: budget auto against static routes (issue 20)",
+    "grpc": "19. gRPC against HTTP v2 binary: batch-1 overhead and saturated throughput (issue 21)",
 }
 
 

@@ -138,7 +138,9 @@ def input_tensors(request) -> list[tuple[Tensor, str]]:
             )
         if given != [where]:
             got = ", ".join(given) or "nothing"
-            raise e.InvalidInput(f"{t.datatype} data goes in contents.{where}; got {got}", f"{field}.contents")
+            raise e.InvalidInput(
+                f"{t.datatype} data goes in contents.{where}; got {got}", f"{field}.contents"
+            )
         values = getattr(t.contents, where)
         if t.datatype == "BYTES":
             data = [_utf8(b, f"{field}.contents.bytes_contents.{j}") for j, b in enumerate(values)]
@@ -163,7 +165,9 @@ def encode_outputs(request, engine: Engine, outputs: dict[str, np.ndarray], conf
     unknown = [n for n in names if n not in tensors]
     if unknown:
         raise e.InvalidInput(f"unknown outputs {unknown}; this request produces {sorted(tensors)}", "outputs")
-    response = inference.ModelInferResponse(model_name=engine.name, model_version=engine.version, id=request.id)
+    response = inference.ModelInferResponse(
+        model_name=engine.name, model_version=engine.version, id=request.id
+    )
     for name in names:
         array = tensors[name]
         response.outputs.add(name=name, datatype=DATATYPES[array.dtype], shape=array.shape)
@@ -214,7 +218,10 @@ class InferenceService:
         response = inference.ModelMetadataResponse(
             name=engine.name, versions=[engine.version], platform=f"trunkline_{engine.backend.name}"
         )
-        for target, specs in ((response.inputs, engine.adapter.tensor_inputs()), (response.outputs, engine.tensor_outputs())):
+        for target, specs in (
+            (response.inputs, engine.adapter.tensor_inputs()),
+            (response.outputs, engine.tensor_outputs()),
+        ):
             for s in specs:
                 target.add(name=s["name"], datatype=s["datatype"], shape=s["shape"])
         return response
@@ -228,7 +235,9 @@ class InferenceService:
         for entry in self.repository.index():
             if request.ready and entry.state != "READY":
                 continue
-            response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
+            response.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
         return response
 
     async def RepositoryModelLoad(self, request, context):
@@ -279,7 +288,9 @@ class InferenceService:
                 timings.batch(prediction.result)
                 response = prediction.result.encoded
                 set_parameters(response.parameters, flat_receipt(engine.receipt(prediction).model_dump()))
-                engine.metrics.latency.labels(engine.name, "grpc").observe(time.perf_counter() - timings.start)
+                engine.metrics.latency.labels(engine.name, "grpc").observe(
+                    time.perf_counter() - timings.start
+                )
                 timings.lap("answer")
                 context.set_trailing_metadata((("server-timing", timings.header()),))
                 return response
@@ -325,7 +336,9 @@ class HealthService:
         status = self._status(request.service)
         if status == health.HealthCheckResponse.SERVICE_UNKNOWN:
             known = [*self.READY, self.LIVE]
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}; known: {known}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}; known: {known}"
+            )
         return health.HealthCheckResponse(status=status)
 
     async def Watch(self, request, context):
@@ -349,7 +362,10 @@ async def start(state, settings) -> grpc.aio.Server:
     ]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(
-        (service_handler(SERVICE, InferenceService(state)), service_handler(HEALTH, HealthService(state.repository)))
+        (
+            service_handler(SERVICE, InferenceService(state)),
+            service_handler(HEALTH, HealthService(state.repository)),
+        )
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:

@@ -192,11 +192,14 @@ def random_request(rng: random.Random, scenes) -> service_pb2.ModelInferRequest:
         else:
             field = rng.choice(CONTENTS)
             n = rng.choice([0, 1, 3136, 3137])
-            values = {
-                "bytes_contents": lambda: [rng.randbytes(rng.randint(0, 8)) for _ in range(min(n, 50))],
-                "bool_contents": lambda: [bool(rng.getrandbits(1))] * n,
-                "fp32_contents": lambda: [rng.choice([0.0, 0.5, 1.0, 7.0, float("nan"), float("inf")])] * n,
-            }.get(field, lambda: [rng.choice([0, 1, 255, 256, 2**31])] * n)()
+            if field == "bytes_contents":
+                values = [rng.randbytes(rng.randint(0, 8)) for _ in range(min(n, 50))]
+            elif field == "bool_contents":
+                values = [bool(rng.getrandbits(1))] * n
+            elif field == "fp32_contents":
+                values = [rng.choice([0.0, 0.5, 1.0, 7.0, float("nan"), float("inf")])] * n
+            else:
+                values = [rng.choice([0, 1, 255, 256, 2**31])] * n
             getattr(t.contents, field).extend(values)
     if rng.random() < 0.2:  # raw contents that do not match the inputs
         request.raw_input_contents.append(b"\x00" * rng.randint(0, 100))
@@ -219,7 +222,9 @@ def mutated(rng: random.Random, message: bytes) -> bytes:
     return bytes(data)
 
 
-def test_fuzzed_infer_messages_never_make_a_server_error_nor_disturb_other_clients(tmp_path, known_input, scenes):
+def test_fuzzed_infer_messages_never_make_a_server_error_nor_disturb_other_clients(
+    tmp_path, known_input, scenes
+):
     server = Watched(tmp_path, TRUNKLINE_MODEL="mnist-scenes,text-tasks").start(known_input)
     try:
         with grpc.insecure_channel(server.grpc) as channel:

@@ -97,7 +97,11 @@ def test_model_metadata_is_the_http_apis(client, http, model):
     h = http.get_model_metadata(model)
     assert g["name"] == h["name"] and g["versions"] == h["versions"] and g["platform"] == h["platform"]
     for a, b in zip(g["inputs"] + g["outputs"], h["inputs"] + h["outputs"], strict=True):
-        assert (a["name"], a["datatype"], [int(d) for d in a["shape"]]) == (b["name"], b["datatype"], b["shape"])
+        assert (a["name"], a["datatype"], [int(d) for d in a["shape"]]) == (
+            b["name"],
+            b["datatype"],
+            b["shape"],
+        )
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
@@ -120,7 +124,11 @@ def test_budgets_buy_the_routes_the_table_lists(client, server, scenes):
     flops = {r["id"]: r["flops"] for r in table}
     got = {}
     for budget in ("low", "max"):
-        r = client.infer("mnist-scenes", [image_input(tg, scenes.images[:1])], parameters={"task": "count", "budget": budget})
+        r = client.infer(
+            "mnist-scenes",
+            [image_input(tg, scenes.images[:1])],
+            parameters={"task": "count", "budget": budget},
+        )
         p = receipt(r)
         got[budget] = p["flops"]
         assert p["flops"] == flops[p["route.count"]] and p["budget_requested"] == budget
@@ -150,7 +158,15 @@ def typed_request(model: str, name: str, datatype: str, shape: list[int], field:
 def test_typed_contents_answer_as_raw_contents(client, stub, scenes):
     images = scenes.images[:2].astype(np.uint8)
     typed = stub.ModelInfer(
-        typed_request("mnist-scenes", "image", "UINT8", list(images.shape), "uint_contents", images.ravel().tolist(), task="sum")
+        typed_request(
+            "mnist-scenes",
+            "image",
+            "UINT8",
+            list(images.shape),
+            "uint_contents",
+            images.ravel().tolist(),
+            task="sum",
+        )
     )
     raw = client.infer("mnist-scenes", [image_input(tg, images)], parameters={"task": "sum"}).get_response()
     assert [o.name for o in typed.outputs] == [o.name for o in raw.outputs]
@@ -158,7 +174,15 @@ def test_typed_contents_answer_as_raw_contents(client, stub, scenes):
         np.testing.assert_allclose(np.frombuffer(a, np.float32), np.frombuffer(b, np.float32), atol=1e-5)
 
     texts = stub.ModelInfer(
-        typed_request("text-tasks", "text", "BYTES", [len(TEXTS)], "bytes_contents", [t.encode() for t in TEXTS], task="spam")
+        typed_request(
+            "text-tasks",
+            "text",
+            "BYTES",
+            [len(TEXTS)],
+            "bytes_contents",
+            [t.encode() for t in TEXTS],
+            task="spam",
+        )
     )
     raw = client.infer("text-tasks", [text_input(tg, TEXTS)], parameters={"task": "spam"}).get_response()
     names = [o.name for o in texts.outputs]
@@ -168,7 +192,9 @@ def test_typed_contents_answer_as_raw_contents(client, stub, scenes):
 
 def test_requested_outputs_only(client, scenes):
     out = tg.InferRequestedOutput("count_label")
-    r = client.infer("mnist-scenes", [image_input(tg, scenes.images[:2])], outputs=[out], parameters={"task": "count"})
+    r = client.infer(
+        "mnist-scenes", [image_input(tg, scenes.images[:2])], outputs=[out], parameters={"task": "count"}
+    )
     assert [o.name for o in r.get_response().outputs] == ["count_label"]
 
 
@@ -178,17 +204,20 @@ def code(fn) -> tuple[grpc.StatusCode, str]:
     return e.value.status(), e.value.message()
 
 
+INVALID = "StatusCode.INVALID_ARGUMENT"
+
+
 @pytest.mark.parametrize(
     "model, inputs, params, status, says",
     [
         ("nope", "image", {"task": "count"}, "StatusCode.NOT_FOUND", "unknown model 'nope'"),
-        ("mnist-scenes", "image", {}, "StatusCode.INVALID_ARGUMENT", "parameters.task"),
-        ("mnist-scenes", "image", {"task": "spam"}, "StatusCode.INVALID_ARGUMENT", "unknown task 'spam'"),
-        ("mnist-scenes", "image", {"task": "count", "budget": "lots"}, "StatusCode.INVALID_ARGUMENT", "budget"),
-        ("mnist-scenes", "image", {"task": "count", "budget": "auto", "confidence": 1.0},
-         "StatusCode.INVALID_ARGUMENT", "parameters.confidence"),
-        ("mnist-scenes", "text", {"task": "count"}, "StatusCode.INVALID_ARGUMENT", "expected exactly one input"),
-        ("text-tasks", "image", {"task": "spam"}, "StatusCode.INVALID_ARGUMENT", "expected exactly one input"),
+        ("mnist-scenes", "image", {}, INVALID, "parameters.task"),
+        ("mnist-scenes", "image", {"task": "spam"}, INVALID, "unknown task 'spam'"),
+        ("mnist-scenes", "image", {"task": "count", "budget": "lots"}, INVALID, "budget"),
+        ("mnist-scenes", "image", {"task": "count", "budget": "auto", "confidence": 1.0}, INVALID,
+         "parameters.confidence"),
+        ("mnist-scenes", "text", {"task": "count"}, INVALID, "expected exactly one input"),
+        ("text-tasks", "image", {"task": "spam"}, INVALID, "expected exactly one input"),
     ],
 )  # fmt: skip
 def test_errors_name_what_is_wrong(client, scenes, model, inputs, params, status, says):
@@ -231,16 +260,22 @@ def test_a_method_trunkline_does_not_serve_is_unimplemented(client):
 def test_a_timeout_no_route_can_meet_is_refused_before_it_runs(client, scenes):
     """A deadline too short for any route is refused at admission, before it runs, as the same
     `timeout` parameter would be (UNAVAILABLE, with when to retry)."""
-    r = client.infer("mnist-scenes", [image_input(tg, scenes.images[:1])], parameters={"task": "count"}, client_timeout=30)
+    r = client.infer(
+        "mnist-scenes", [image_input(tg, scenes.images[:1])], parameters={"task": "count"}, client_timeout=30
+    )
     assert receipt(r)["route.count"]
     with pytest.raises(InferenceServerException) as e:
-        client.infer("mnist-scenes", [image_input(tg, scenes.images[:1])], parameters={"task": "count"}, timeout=1)
+        client.infer(
+            "mnist-scenes", [image_input(tg, scenes.images[:1])], parameters={"task": "count"}, timeout=1
+        )
     assert e.value.status() == "StatusCode.UNAVAILABLE" and "timeout_ms" in e.value.message()
 
 
 def test_refusals_say_when_to_retry_and_reserved_parameters_are_checked(stub, scenes):
     images = scenes.images[:1].astype(np.uint8)
-    request = typed_request("mnist-scenes", "image", "UINT8", [1, 56, 56], "uint_contents", images.ravel().tolist(), task="count")
+    request = typed_request(
+        "mnist-scenes", "image", "UINT8", [1, 56, 56], "uint_contents", images.ravel().tolist(), task="count"
+    )
     request.parameters["timeout"].int64_param = 1  # µs: no route is that fast
     with pytest.raises(grpc.RpcError) as e:
         stub.ModelInfer(request)
@@ -249,7 +284,15 @@ def test_refusals_say_when_to_retry_and_reserved_parameters_are_checked(stub, sc
     assert int(trailing["retry-after"]) >= 1
     assert int(trailing["grpc-retry-pushback-ms"]) == 1000 * int(trailing["retry-after"])
     for key, value in (("timeout", -5), ("priority", -1)):
-        request = typed_request("mnist-scenes", "image", "UINT8", [1, 56, 56], "uint_contents", images.ravel().tolist(), task="count")
+        request = typed_request(
+            "mnist-scenes",
+            "image",
+            "UINT8",
+            [1, 56, 56],
+            "uint_contents",
+            images.ravel().tolist(),
+            task="count",
+        )
         request.parameters[key].int64_param = value
         with pytest.raises(grpc.RpcError) as e:
             stub.ModelInfer(request)

@@ -74,6 +74,8 @@ def test_grpc_needs_the_same_bearer_token_but_not_for_probes(strict_server, scen
         assert e.value.status() == "StatusCode.UNAUTHENTICATED" and "authorization" in e.value.message()
         with pytest.raises(tg.InferenceServerException):
             client.get_model_metadata("mnist-scenes", headers=headers)
-    ok = client.infer("mnist-scenes", [x], parameters={"task": "count"}, headers={"authorization": f"Bearer {TOKEN}"})
+    ok = client.infer(
+        "mnist-scenes", [x], parameters={"task": "count"}, headers={"authorization": f"Bearer {TOKEN}"}
+    )
     assert ok.as_numpy("count_label").shape == (1,)
     client.close()

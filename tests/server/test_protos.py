@@ -42,5 +42,7 @@ def test_a_request_round_trips_between_the_two_copies():
     t = theirs.inputs.add(name="image", datatype="UINT8", shape=[1, 2])
     t.contents.uint_contents.extend([3, 4])
     ours = inference.ModelInferRequest.FromString(theirs.SerializeToString())
-    assert ours.parameters["task"].string_param == "count" and list(ours.inputs[0].contents.uint_contents) == [3, 4]
+    assert ours.parameters["task"].string_param == "count" and list(
+        ours.inputs[0].contents.uint_contents
+    ) == [3, 4]
     assert service_pb2.ModelInferRequest.FromString(ours.SerializeToString()) == theirs
