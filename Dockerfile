@@ -38,10 +38,11 @@ ENV PATH=/opt/trunkline/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TRUNKLINE_HOST=0.0.0.0 \
     TRUNKLINE_PORT=8000 \
+    TRUNKLINE_GRPC_PORT=8001 \
     TRUNKLINE_ONNX_DIR=/home/trunkline/.cache/trunkline/onnx
 USER 999:999
 WORKDIR /home/trunkline
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['TRUNKLINE_PORT']}/v2/health/ready\", timeout=2)"]
 STOPSIGNAL SIGTERM

@@ -13,6 +13,7 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 TAG=localhost/trunkline:smoke
 BASE=${BASE_IMAGE:-}
 PORT=${PORT:-18080}
+GRPC_PORT=${GRPC_PORT:-$((PORT + 1))}
 NAME=trunkline-smoke-$$
 GATE=/tmp/trunkline-gate  # the test gate inside the container: while it exists, batches wait
 DRAIN_S=20                # below Kubernetes' 30 s grace period, as in deploy/k8s
@@ -98,7 +99,7 @@ echo "image size: $((size / 1000000)) MB"
 step "run"
 "${PODMAN[@]}" run -d --name "$NAME" --network host \
     --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
-    -e TRUNKLINE_PORT="$PORT" -e TRUNKLINE_BATCH_BUCKETS='[1,8]' -e TRUNKLINE_CALIBRATION_ROUNDS=1 \
+    -e TRUNKLINE_PORT="$PORT" -e TRUNKLINE_GRPC_PORT="$GRPC_PORT" -e TRUNKLINE_BATCH_BUCKETS='[1,8]' -e TRUNKLINE_CALIBRATION_ROUNDS=1 \
     -e TRUNKLINE_TEST_GATE="$GATE" -e TRUNKLINE_DRAIN_TIMEOUT_S="$DRAIN_S" \
     "$TAG" >/dev/null || fail "container did not start"
 for _ in $(seq 480); do
@@ -113,7 +114,7 @@ curl -fsS "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null \
 echo "runs as: $("${PODMAN[@]}" exec "$NAME" id)"
 
 step "requests"
-"$PYTHON" deploy/smoke_check.py "http://127.0.0.1:$PORT" || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "wrong answers"; }
+"$PYTHON" deploy/smoke_check.py "http://127.0.0.1:$PORT" "127.0.0.1:$GRPC_PORT" || { "${PODMAN[@]}" logs "$NAME" | tail -30; fail "wrong answers"; }
 
 step "SIGTERM with requests in flight and 10 client loops (deploy/drain_check.py)"
 "$PYTHON" deploy/drain_check.py "http://127.0.0.1:$PORT" "$NAME" --gate "$GATE" --drain-s "$DRAIN_S" \

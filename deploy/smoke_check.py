@@ -1,7 +1,9 @@
 """Check a running Trunkline server from outside: /v1/predict and the OIP infer endpoint
 answer test scenes correctly, with a receipt of what ran.  Used by container_smoke.sh.
 
-    python deploy/smoke_check.py http://127.0.0.1:8000
+    python deploy/smoke_check.py http://127.0.0.1:8000 [127.0.0.1:8001]
+
+With a second argument, the gRPC front at that address too (tritonclient.grpc).
 """
 
 from __future__ import annotations
@@ -84,5 +86,32 @@ def check_text(url: str) -> None:
     print(f"text-tasks ok: v1 question_type + spam, v2 sentiment_score {values}")
 
 
+def check_grpc(address: str) -> None:
+    """The same answers over gRPC: health, an image request and a text request with receipts."""
+    import grpc
+    import tritonclient.grpc as tg
+
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        assert check(b"", timeout=10) == b"\x08\x01", "grpc.health.v1: not SERVING"
+    client = tg.InferenceServerClient(address)
+    assert client.is_server_ready() and client.is_model_ready(MODEL)
+    scenes = make_scenes(8, "test", seed=7)
+    x = tg.InferInput("image", list(scenes.images.shape), "UINT8")
+    x.set_data_from_numpy(scenes.images)
+    result = client.infer(MODEL, [x], parameters={"task": "count", "budget": "medium"})
+    assert (result.as_numpy("count_label") == scenes.count).all()
+    fraction = result.get_response().parameters["flops_fraction"].double_param
+    assert 0 < fraction <= 0.5, fraction
+    t = tg.InferInput("text", [1], "BYTES")
+    t.set_data_from_numpy(np.array([b"URGENT! You have won a 1 week FREE membership, call now"], dtype=object))
+    spam = client.infer("text-tasks", [t], parameters={"task": "spam"}).as_numpy("spam_label")
+    assert list(spam) == [1], spam
+    client.close()
+    print(f"gRPC {address} ok: health SERVING, counts, receipt flops_fraction {fraction:.3f}, spam")
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000")
+    if len(sys.argv) > 2:
+        check_grpc(sys.argv[2])

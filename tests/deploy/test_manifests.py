@@ -59,6 +59,11 @@ def test_probes_and_grace_period_agree_with_the_server():
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] in paths
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    defaults = Settings.model_fields
+    assert ports == {"http": defaults["port"].default, "grpc": defaults["grpc_port"].default}
+    service = load("service.yaml")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
     env = {e["name"]: e["value"] for e in container["env"]}
     drain = float(env.get("TRUNKLINE_DRAIN_TIMEOUT_S", Settings().drain_timeout_s))
     assert spec["terminationGracePeriodSeconds"] > drain
