@@ -104,7 +104,8 @@ def check_grpc(address: str) -> None:
     fraction = result.get_response().parameters["flops_fraction"].double_param
     assert 0 < fraction <= 0.5, fraction
     t = tg.InferInput("text", [1], "BYTES")
-    t.set_data_from_numpy(np.array([b"URGENT! You have won a 1 week FREE membership, call now"], dtype=object))
+    spam_text = b"URGENT! You have won a 1 week FREE membership, call now"
+    t.set_data_from_numpy(np.array([spam_text], dtype=object))
     spam = client.infer("text-tasks", [t], parameters={"task": "spam"}).as_numpy("spam_label")
     assert list(spam) == [1], spam
     client.close()

@@ -17,15 +17,19 @@ SKIP = ("make ", "trunkline serve", "docker ", "kubectl ", "serve run", "pip ins
 
 
 @pytest.fixture(scope="module")
-def url():
+def readme_server():
     s = RunningServer("torch", TRUNKLINE_MODEL_CONTROL_MODE="explicit")
     s.wait_ready()
-    yield f"127.0.0.1:{s.port}"
+    yield s
     s.stop()
 
 
-def localised(code: str, url: str) -> str:
-    code = code.replace("localhost:8000", url).replace("127.0.0.1:8000", url)
+def localised(code: str, server: RunningServer) -> str:
+    """The block against the test's server: its HTTP and gRPC ports for 8000 and 8001."""
+    for port, own in ((8000, server.port), (8001, server.grpc_port)):
+        code = code.replace(f"localhost:{port}", f"127.0.0.1:{own}").replace(
+            f"127.0.0.1:{port}", f"127.0.0.1:{own}"
+        )
     return re.sub(r"(\.venv/bin/)?\bpython3\b", sys.executable, code)
 
 
@@ -43,8 +47,8 @@ def test_the_readme_has_examples():
 
 
 @pytest.mark.parametrize("block", CURL_BLOCKS, ids=[f"bash{i}" for i in range(len(CURL_BLOCKS))])
-def test_curl_examples(url, block, tmp_path):
-    script = "set -euo pipefail\n" + localised(runnable(block), url).replace(
+def test_curl_examples(readme_server, block, tmp_path):
+    script = "set -euo pipefail\n" + localised(runnable(block), readme_server).replace(
         "curl -s ", "curl -sS --fail-with-body "
     )
     run = subprocess.run(
@@ -60,14 +64,14 @@ def test_curl_examples(url, block, tmp_path):
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"python{i}" for i in range(len(PYTHON_BLOCKS))])
-def test_python_examples(url, block, tmp_path):
+def test_python_examples(readme_server, block, tmp_path):
     from PIL import Image
 
     from models.data import make_scenes
 
     Image.fromarray(make_scenes(1, "test", seed=1).images[0]).save(tmp_path / "scene.png")
     run = subprocess.run(
-        [sys.executable, "-c", localised(block, url)],
+        [sys.executable, "-c", localised(block, readme_server)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
