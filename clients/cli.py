@@ -1,4 +1,5 @@
-"""`trunkline predict --url URL --task T [--budget B] IMAGE...`: send PNG files, print results."""
+"""`trunkline predict [--model M] --task T [--budget B] (IMAGE... | --text "..." ...)`: send
+PNG files or texts to a server, print what each answered and the receipt."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ def _one_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trunkline predict", description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+    parser.add_argument("--model", help="the model to ask (default: the server's first)")
     parser.add_argument("--task", required=True, help="a task, or several separated by commas")
+    parser.add_argument(
+        "--text", action="append", dest="texts", help="a text for a text model (repeat for several)"
+    )
     parser.add_argument(
         "--budget",
         help="fraction in (0, 1], min|low|medium|high|max, or auto (climb until --confidence)",
@@ -27,22 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-ms", type=float)
     parser.add_argument("--token", help="bearer token, if the server requires one")
     parser.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    parser.add_argument("images", nargs="+", help="PNG files, 56x56 grayscale")
+    parser.add_argument("images", nargs="*", help="PNG files, 56x56 grayscale (or --text)")
     args = parser.parse_args(argv)
+    if bool(args.images) == bool(args.texts):
+        parser.error("give image files or --text, one of the two")
     tasks = [t for t in args.task.split(",") if t]
     budget = float(args.budget) if args.budget and args.budget[0].isdigit() else args.budget
     try:
+        options = dict(
+            tasks=tasks,
+            budget=budget,
+            confidence=args.confidence,
+            max_budget=args.max_budget,
+            min_budget=args.min_budget,
+            timeout_ms=args.timeout_ms,
+        )
         with Client(args.url, token=args.token) as client:
-            result = client.predict(
-                args.images,
-                tasks=tasks,
-                budget=budget,
-                confidence=args.confidence,
-                max_budget=args.max_budget,
-                min_budget=args.min_budget,
-                timeout_ms=args.timeout_ms,
-                mask_format="png",
-            )
+            if args.texts:
+                result = client.predict_text(args.texts, model=args.model, **options)
+            else:
+                result = client.predict(args.images, model=args.model, mask_format="png", **options)
     except TrunklineError as e:  # an error answer, or no answer (TransportError: server down, unreachable)
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.raw, indent=2))
         return 0
     r = result.receipt
-    for path, output in zip(args.images, result.outputs):
+    for path, output in zip(args.images or args.texts, result.outputs):
         parts = []
         for task, out in output.items():
             value = out.get("label", out.get("labels"))

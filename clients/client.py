@@ -239,8 +239,9 @@ class Client(_RequestBuilder):
         return self.prediction(self._send("POST", "/v1/predict", json=payload))
 
     def predict_text(
-        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, confidence=None,
-        max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None, task_weights=None,
+        self, texts, task: str | None = None, *, model: str | None = None, tasks=None, budget=None,
+        confidence=None, max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None,
+        task_weights=None,
     ) -> Prediction:  # fmt: skip
         """Texts (a string or a list) to a text model: `predict_text(["hi"], "spam", model="text-tasks")`."""
         payload = self.predict_payload(
@@ -316,8 +317,9 @@ class AsyncClient(_RequestBuilder):
         return self.prediction(await self._send("POST", "/v1/predict", json=payload))
 
     async def predict_text(
-        self, texts, task: str | None = None, *, model: str, tasks=None, budget=None, confidence=None,
-        max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None, task_weights=None,
+        self, texts, task: str | None = None, *, model: str | None = None, tasks=None, budget=None,
+        confidence=None, max_budget=None, min_budget=None, timeout_ms=None, latency_ms=None,
+        task_weights=None,
     ) -> Prediction:  # fmt: skip
         """Texts (one string or a list) to a text model."""
         payload = self.predict_payload(

@@ -119,10 +119,11 @@ async def predict(call: Call) -> Response:
     if not call.headers.get("content-type", "").startswith("application/json"):
         raise UnsupportedMediaType("content-type must be application/json", "content-type")
     req = parse_json(PredictRequest, call.body)
+    opts = request_options(req)
+    model = req.model if req.model is not None else call.repository.model_for(opts.tasks, opts.field)
     # the lease holds this model's engine until the answer: a reload or an unload waits for it
-    with call.repository.lease(req.model) as engine:
+    with call.repository.lease(model) as engine:
         call.model = engine.name
-        opts = request_options(req)
         call.tasks = engine.known_tasks(opts.tasks)
         limit = engine.settings.max_instances
         if len(req.inputs) > limit:

@@ -32,11 +32,13 @@ from server.compute import ComputeScheduler
 from server.engine import Engine
 from server.errors import (
     ControlDisabled,
+    InvalidValue,
     LoadFailed,
     ModelNotFound,
     ModelNotReady,
     ModelUnloading,
     ShuttingDown,
+    UnknownTask,
 )
 from server.metrics import Metrics
 from server.schemas import RepositoryEntry
@@ -126,6 +128,22 @@ class ModelRepository:
     def default_model(self) -> str:
         serving = [s.name for s in self.slots.values() if s.engine is not None]
         return (serving or list(self.slots))[0]
+
+    def model_for(self, tasks: list[str], field: str) -> str | None:
+        """The model of a request that names none: the only model served, or else the only one
+        with every task it asks for (None: the default model)."""
+        serving = {s.name: s.engine.tasks for s in self.slots.values() if s.engine is not None}
+        if len(self.slots) <= 1 or not tasks:
+            return None
+        having = [name for name, offered in serving.items() if all(t in offered for t in tasks)]
+        if len(having) == 1:
+            return having[0]
+        if not having:
+            named = ", ".join(map(repr, tasks))
+            raise UnknownTask(
+                f"unknown task {named}: no model here has it; models and tasks: {serving}", field
+            )
+        raise InvalidValue(f"models {having} all have {tasks}: name one of them in `model`", "model")
 
     # -- serving ----------------------------------------------------------------------
     def loaded(self, name: str | None, version: str | None = None) -> Engine:

@@ -60,7 +60,9 @@ class PredictRequest(_Wire):
         },
     )
 
-    model: str | None = Field(None, description="model name; default: the first hosted model")
+    model: str | None = Field(
+        None, description="model name; default: the model that has the tasks asked for (or the only one)"
+    )
     task: str | None = Field(None, min_length=1, description="one task; or use `tasks`")
     tasks: list[Annotated[str, Field(min_length=1)]] | Annotated[str, Field(min_length=1)] | None = Field(
         None, description="several tasks over one trunk pass (a list, or one comma-separated string)"

@@ -185,3 +185,25 @@ def test_predict_command_without_a_server_prints_one_line(tmp_path):
     )
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1, missing.stderr
     assert "nope.png" in missing.stderr
+
+
+def test_predict_command_reaches_the_text_model(server):
+    """`--model` and `--text`; without `--model` the one model that has the task answers."""
+    for model in (["--model", "text-tasks"], []):
+        out = subprocess.run(
+            [sys.executable, "-m", "server.cli", "predict", "--url", server.url, *model, "--task", "spam",
+             "--text", "win a prize now", "--text", "see you at lunch"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("win a prize now: spam=") and lines[1].startswith(
+            "see you at lunch: spam="
+        )
+        assert "route spam:L" in lines[2]
+    both = subprocess.run(
+        [sys.executable, "-m", "server.cli", "predict", "--url", server.url, "--task", "spam", "x.png",
+         "--text", "hi"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert both.returncode == 2 and "one of the two" in both.stderr

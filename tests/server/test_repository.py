@@ -86,7 +86,7 @@ def test_index_load_unload_and_versions(client, repo, scenes):
 
 
 def test_reload_swaps_atomically_under_traffic(server, scenes):
-    body = payload(scenes.images[:4], tasks=["count", "sum"], budget="medium")
+    body = payload(scenes.images[:4], tasks=["count", "sum"], budget="medium", model="mnist-scenes")
     with ThreadPoolExecutor(4) as pool:
         reload = pool.submit(httpx.post, f"{server.url}/v2/repository/models/mnist-scenes/load", timeout=300)
         answers = []
@@ -123,6 +123,15 @@ def test_grpc_repository_index_load_and_unload(server, scenes):
         client.load_model("nope")
     assert e.value.status() == "StatusCode.NOT_FOUND"
     client.close()
+
+
+def test_a_request_naming_no_model_goes_to_the_one_with_its_tasks_or_is_422(server, scenes):
+    body = payload(scenes.images[:1], task="count")  # both models here have `count`
+    r = httpx.post(f"{server.url}/v1/predict", json=body, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "model", r.text
+    assert "mnist-scenes" in r.text and "scenes-b" in r.text
+    r = httpx.post(f"{server.url}/v1/predict", json=payload(scenes.images[:1], task="spam"), timeout=60)
+    assert r.status_code == 422 and "unknown task 'spam': no model here has it" in r.text, r.text
 
 
 def test_load_and_unload_need_explicit_mode(scenes):

@@ -165,3 +165,9 @@ def test_non_utf8_binary_is_a_400(server):
     )
     assert r.status_code == 400 and "UTF-8" in r.json()["error"]
     assert v2_json(server, ["still fine"], [1]).status_code == 200
+
+
+def test_a_text_task_without_a_model_goes_to_the_text_model(server):
+    r = httpx.post(f"{server.url}/v1/predict", json={"task": "spam", "inputs": [{"text": "win a prize now"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "text-tasks"
