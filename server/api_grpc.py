@@ -342,12 +342,16 @@ class HealthService:
         return health.HealthCheckResponse(status=status)
 
     async def Watch(self, request, context):
+        """Each change of status; the stream ends once the server drains (so that it does not
+        hold the drain's grace period open)."""
         last = None
         while True:
             status = self._status(request.service)
             if status != last:
                 yield health.HealthCheckResponse(status=status)
                 last = status
+            if self.repository.draining:
+                return
             await asyncio.sleep(0.5)
 
 
