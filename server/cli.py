@@ -1,4 +1,6 @@
-"""`trunkline` command line: serve, train, eval, export, predict."""
+"""`trunkline` command line: serve, predict, train, eval, export, calibrate, add-task, remove-task.
+
+An error is one line naming the problem (exit status 1); `trunkline --debug ...` shows the traceback."""
 
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ def _serve(args: argparse.Namespace) -> None:
         check_device(settings.backend, settings.device)
     except DeviceUnavailable as e:
         sys.exit(f"trunkline: {e}")
+    from models.checkpoint import resolve
+
+    for model in settings.model:  # a wrong name is refused here, not as a traceback from the app's start
+        resolve(model)
+    if settings.model_repository is not None and not settings.model_repository.is_dir():
+        raise FileNotFoundError(f"--model-repository {settings.model_repository}: no such folder")
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -180,11 +188,19 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {written} ONNX graphs to {out}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="trunkline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# models.train.RECIPES and models.text_train.RECIPES, named here so that `--help` and `predict`
+# import no torch (tests/server/test_cli.py checks they agree)
+RECIPES = ["mnist-scenes", "mnist-scenes-tiny", "text-tasks", "text-tasks-tiny"]
 
-    p = sub.add_parser("serve", help="serve a model over HTTP")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trunkline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="serve models over HTTP and gRPC")
     p.add_argument(
         "--model",
         action="append",
@@ -201,41 +217,49 @@ def main(argv: list[str] | None = None) -> None:
         choices=["none", "explicit"],
         help="explicit: POST /v2/repository/models/<m>/load|unload load and unload models at run time",
     )
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument(
         "--grpc-port",
         dest="grpc_port",
         type=int,
         help="port of the Open Inference Protocol over gRPC (default 8001, as Triton; 0: no gRPC)",
     )
-    p.add_argument("--backend", choices=["torch", "onnxruntime"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], help="how routes run (default onnxruntime)")
+    p.add_argument("--threads", type=int, help="compute threads for the models (default 2)")
     p.add_argument(
         "--workers",
         type=int,
         help="server processes on the port, each with its own models (model-control-mode none only)",
     )
-    p.add_argument("--max-batch-size", dest="max_batch_size", type=int)
-    p.add_argument("--default-budget", dest="default_budget")
+    p.add_argument(
+        "--max-batch-size", dest="max_batch_size", type=int, help="instances per batch (default 64)"
+    )
+    p.add_argument(
+        "--default-budget", dest="default_budget", help="budget of requests that name none (default max)"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("train", help="train a model from a recipe")
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--full-steps", type=int)
-    p.add_argument("--sandwich-steps", type=int)
+    p.add_argument(
+        "--recipe", required=True, choices=RECIPES, help="what to train (-tiny: a seconds-long smoke run)"
+    )
+    p.add_argument("--out", required=True, help="the checkpoint folder to write")
+    p.add_argument("--full-steps", type=int, help="steps of full-width training (default: the recipe's)")
+    p.add_argument("--sandwich-steps", type=int, help="steps of sandwich training (default: the recipe's)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="test metrics of every route, as JSON")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a bundled name or a checkpoint folder")
     p.add_argument("--budget", help="only the route each task resolves to at this budget")
-    p.add_argument("--scenes", type=int, default=2000)
+    p.add_argument(
+        "--scenes", type=int, default=2000, help="image models: test scenes to score (default 2000)"
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export every route to ONNX")
-    p.add_argument("--model", required=True)
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--model", required=True, help="a bundled name or a checkpoint folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the graph format (onnx)")
     p.add_argument("--out", help="directory (default: <checkpoint>/onnx)")
     p.set_defaults(func=_export)
 
@@ -245,14 +269,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="the text model's checkpoint directory")
     p.add_argument("--task", required=True, help="the new task's name")
     p.add_argument("--data", required=True, help="a CSV file with a header")
-    p.add_argument("--text-column", dest="text_column", required=True)
-    p.add_argument("--label-column", dest="label_column", required=True)
-    p.add_argument("--kind", choices=["classification", "regression"], default="classification")
+    p.add_argument("--text-column", dest="text_column", required=True, help="the CSV column of the texts")
+    p.add_argument("--label-column", dest="label_column", required=True, help="the CSV column of the labels")
+    p.add_argument(
+        "--kind", choices=["classification", "regression"], default="classification", help="the task's kind"
+    )
     p.set_defaults(func=_add_task)
 
     p = sub.add_parser("remove-task", help="stop offering a task of a text model (reload to apply)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True, help="the text model's checkpoint directory")
+    p.add_argument("--task", required=True, help="the task to remove")
     p.set_defaults(func=_remove_task)
 
     p = sub.add_parser(
@@ -261,9 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, action="append", help="a bundled name or a checkpoint folder")
     p.set_defaults(func=_calibrate)
 
-    p = sub.add_parser("predict", help="send images to a server (the client)", add_help=False)
+    p = sub.add_parser("predict", help="send images or texts to a server (the client)", add_help=False)
     p.set_defaults(func=None)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "predict":
         from clients.cli import main as predict_main
@@ -272,7 +302,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(predict_main(argv[argv.index("predict") + 1 :]))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.func(args)
+    try:
+        args.func(args)
+    except Exception as e:  # noqa: BLE001 - one line naming the problem; --debug for the traceback
+        if args.debug:
+            raise
+        sys.exit(f"trunkline {args.command}: {' '.join(str(e).split()) or type(e).__name__}")
 
 
 if __name__ == "__main__":
