@@ -268,10 +268,13 @@ class InferenceService:
                 model = engine.name
                 params = parameters(request.parameters)
                 left = context.time_remaining()
+                given = params.get("timeout")
                 if left is not None:  # the call's deadline is a timeout too (µs, as `timeout`)
-                    given = params.get("timeout")
-                    usable = isinstance(given, (int, float)) and not isinstance(given, bool) and given > 0
-                    params["timeout"] = min(given, left * 1e6) if usable else max(left * 1e6, 1.0)
+                    deadline_us = max(left * 1e6, 1.0)
+                    if given is None:
+                        params["timeout"] = deadline_us
+                    elif isinstance(given, (int, float)) and not isinstance(given, bool) and given > 0:
+                        params["timeout"] = min(given, deadline_us)  # (a bad one is refused below)
                 opts = request_options(params, engine)
                 tasks = engine.known_tasks(opts.tasks)
                 tensor, field, n = input_tensor(input_tensors(request), engine)

@@ -294,6 +294,8 @@ def test_refusals_say_when_to_retry_and_reserved_parameters_are_checked(stub, sc
             task="count",
         )
         request.parameters[key].int64_param = value
-        with pytest.raises(grpc.RpcError) as e:
-            stub.ModelInfer(request)
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and f"parameters.{key}" in e.value.details()
+        for deadline in (None, 30):  # a call deadline does not stand in for a bad timeout
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request, timeout=deadline)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"parameters.{key}" in e.value.details()
