@@ -12,8 +12,8 @@ import httpx
 import pytest
 import torch
 
-# every server of the suite (subprocesses and in-process apps) serves HTTP on a free port and no
-# gRPC, unless a test asks for gRPC on a free port of its own: 8001 is one port for many servers
+# in-process apps and servers started other than by RunningServer serve no gRPC (8001 is one port
+# for many servers); a RunningServer serves gRPC on a free port of its own (`.grpc`)
 os.environ.setdefault("TRUNKLINE_GRPC_PORT", "0")
 
 
