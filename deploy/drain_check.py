@@ -78,7 +78,9 @@ def drill(target: Target, drain_s: float, held_n: int = IN_FLIGHT, loops: int = 
             target.hold()  # from here requests wait at the gate: in flight
             held = [pool.submit(httpx.post, url, json=request, timeout=60) for _ in range(held_n)]
             deadline = time.monotonic() + 10
-            while in_flight(target.url) < held_n:
+            # the loops' next requests wait at the gate too: every one of them and every held
+            # request in flight (the held ones alone could lag behind the loops' and meet SIGTERM)
+            while in_flight(target.url) < held_n + loops:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the {held_n} held requests never were in flight")
                 time.sleep(0.02)
