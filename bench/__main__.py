@@ -34,8 +34,8 @@ from bench import (
     workers,
 )
 from bench.scale import SCALES
-from models import checkpoint
-from models.routes import ConfigFlops
+from models.image import checkpoint
+from models.image.flops import ConfigFlops
 from routing import RouteTables
 
 MODEL_LEVEL = ["budget", "accuracy", "sparse", "fanout", "limit", "backends"]
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     needs_server = {"budget", "fanout", *HTTP} & set(wanted)
     if needs_server:
-        from models.data import make_scenes
+        from models.image.data import make_scenes
 
         images = make_scenes(256, "test", seed=4242).images
         if needs_server - {"memory", "repository", "startup", "workers", "grpc"}:

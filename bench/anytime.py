@@ -217,7 +217,7 @@ def plot(per_model: dict, out: Path) -> list[str]:
 
 
 def _texts(n: int) -> list[str]:
-    from models.text_data import load_task
+    from models.text.data import load_task
 
     return load_task(HTTP_TASK).split("test").texts[:n]
 

@@ -43,7 +43,7 @@ def measure(server: str, port: int, requests: int) -> dict[str, float]:
     proc = subprocess.Popen(cmd, env=env)
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready")
-        from models.data import make_scenes
+        from models.image.data import make_scenes
 
         images = make_scenes(64, "test", seed=4242).images
         conn = http.client.HTTPConnection("127.0.0.1", port)

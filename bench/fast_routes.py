@@ -251,7 +251,7 @@ def text_batch32(scale: Scale, threads: int, onnx_dir: Path) -> tuple[list[dict]
 def end_to_end(scale: Scale, threads: int, port: int, onnx_dir: Path) -> tuple[list[dict], list[dict]]:
     """Both models in one default server; batch-1 requests on one connection, low and max
     alternating, images as v2 binary and text as v1 JSON."""
-    from models.data import make_scenes
+    from models.image.data import make_scenes
 
     images = make_scenes(64, "test", seed=4242).images
     proc = start_server(

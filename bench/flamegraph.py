@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], help="TRUNKLINE_BACKEND")
     args = parser.parse_args()
 
-    from models.data import make_scenes
+    from models.image.data import make_scenes
 
     images = make_scenes(256, "test", seed=4242).images
     env = {

@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
 
-    from models.data import make_scenes
+    from models.image.data import make_scenes
 
     images = make_scenes(256, "test", seed=4242).images
     url = f"http://127.0.0.1:{args.port}"

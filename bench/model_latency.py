@@ -14,8 +14,9 @@ import json
 import torch
 
 from bench.common import interleaved_medians
-from models import checkpoint
-from models.routes import Route, full_flops, request_flops
+from models.image import checkpoint
+from models.image.flops import full_flops, request_flops
+from models.routes import Route
 
 
 def measure(model_name: str, threads: int, rounds: int) -> dict:

@@ -8,9 +8,10 @@ import torch
 
 from bench.common import interleaved_medians
 from bench.scale import Scale
-from models.evaluate import evaluate
-from models.model import TaskRoutedModel
-from models.routes import Route, full_flops, request_flops, trunk_flops
+from models.image.evaluate import evaluate
+from models.image.flops import full_flops, request_flops, trunk_flops
+from models.image.model import TaskRoutedModel
+from models.routes import Route
 from routing import Budget, RouteTables
 
 TIERS = ["low", "medium", "high", "max"]
@@ -66,8 +67,8 @@ def budget_scaling(model: TaskRoutedModel, rt: RouteTables, scale: Scale) -> dic
 
 def accuracy_vs_flops(model: TaskRoutedModel, tables: dict, scale: Scale) -> dict:
     """The validation frontier of every task (route tables) and its test scores."""
-    from models.data import make_scenes
-    from models.train import TEST_SEED
+    from models.image.data import make_scenes
+    from models.image.train import TEST_SEED
 
     scenes = make_scenes(scale.accuracy_scenes, "test", seed=TEST_SEED)
     rows = []

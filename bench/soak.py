@@ -38,7 +38,7 @@ BUDGETS = ["min", "low", "medium", "high", "max", 0.3]
 
 
 def _images(n: int = 64) -> np.ndarray:
-    from models.data import make_scenes
+    from models.image.data import make_scenes
 
     return make_scenes(n, "test", seed=7).images
 

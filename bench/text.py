@@ -33,10 +33,10 @@ from bench.scale import Scale
 from models.checkpoint import BUNDLED
 from models.kinds import kind
 from models.routes import Route
-from models.text import TextAdapter
-from models.text_data import TextTask, load_task
-from models.text_model import base_encoder, base_sha256, check_base, pool
-from models.text_train import Encoder, _sorted_batches, evaluate_module
+from models.text.adapter import TextAdapter
+from models.text.data import TextTask, load_task
+from models.text.model import base_encoder, base_sha256, check_base, pool
+from models.text.train import Encoder, _sorted_batches, evaluate_module
 from routing import Budget, RouteTables
 
 MODEL = "text-tasks"
@@ -143,7 +143,7 @@ def baselines(scale: Scale, threads: int) -> dict[str, dict]:
     import hashlib
     import json
 
-    from models.text_model import text_tasks_config
+    from models.text.model import text_tasks_config
 
     cfg = text_tasks_config()
     ref = cfg.base.model_copy(update={"sha256": ""})
@@ -374,7 +374,7 @@ def _quick_start(scale: Scale) -> dict[str, str]:
 def memory(scale: Scale, threads: int, port: int, texts: list[str]) -> dict:
     """RSS of one server hosting text-tasks and mnist-scenes against four servers hosting one
     text task each (the text model with the three others removed), all warmed the same way."""
-    from models.text_train import remove_task
+    from models.text.train import remove_task
 
     def warm(url: str, tasks: list[str], model: str = MODEL) -> None:
         for task in tasks:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from models.data import make_scenes
+from models.image.data import make_scenes
 
 IN_FLIGHT = 6
 LOOPS = 10

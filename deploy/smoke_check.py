@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from clients import Client
-from models.data import make_scenes
+from models.image.data import make_scenes
 
 MODEL = "mnist-scenes"
 

@@ -3,15 +3,21 @@ server hosts any family through one interface (LitServe's LitAPI and KServe's Mo
 this part): the input spec and its decoding, the route tables and their FLOPs, the modules
 that backends run, and the task specs whose kinds encode outputs.
 
-A family registers its adapter class in `FAMILIES` under the name that a checkpoint's
-`config.json` gives in its `family` field ("image" when absent).
+Families are plug-ins: each is an entry point of the group `trunkline.families` whose name is
+what a checkpoint's `config.json` gives in its `family` field ("image" when absent) and whose
+value is its adapter class (the bundled families register the same way, in pyproject.toml; this
+module imports none of them). A family's class declares the `adapter_api` it was built for;
+the server serves only families of its own `ADAPTER_API` (docs/adapters.md).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,6 +26,12 @@ from torch import nn
 
 from models.config import TaskSpec
 from models.routes import Route
+
+# the adapter interface's version: bumped on a change a family must follow (a method it must
+# implement, a changed signature or meaning); a family declares the one it implements
+ADAPTER_API = 1
+ENTRY_POINT_GROUP = "trunkline.families"
+log = logging.getLogger("trunkline.families")
 
 
 class InputError(ValueError):
@@ -45,7 +57,8 @@ class Tensor:
 class ModelAdapter:
     """The interface the server uses; a family subclasses it."""
 
-    family: ClassVar[str]
+    family: ClassVar[str]  # its entry point's name, and config.json's `family`
+    adapter_api: ClassVar[int]  # the ADAPTER_API it implements; each family sets it itself
     input_name: ClassVar[str]  # the v1 instance key and the OIP input tensor name
     # the JSON schema of a v1 instance, for the OpenAPI document
     instance_schema: ClassVar[dict] = {"type": "object"}
@@ -183,12 +196,77 @@ class ModelAdapter:
         return digest.hexdigest()[:16]
 
 
-FAMILIES: dict[str, type[ModelAdapter]] = {}
+@dataclass(frozen=True)
+class Family:
+    """An installed model family: an entry point of the group `trunkline.families`, and what
+    loading it gave (its adapter class, or why it cannot serve)."""
+
+    name: str
+    target: str  # the entry point's value, "module:Class"
+    package: str  # the distribution that declares it
+    version: str
+    adapter: type[ModelAdapter] | None = None
+    error: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.package} {self.version}"
 
 
-def register(cls: type[ModelAdapter]) -> type[ModelAdapter]:
-    FAMILIES[cls.family] = cls
-    return cls
+def _api_of(cls: type) -> int | None:
+    """The `adapter_api` a family's class declares itself (the base class's is no answer)."""
+    for klass in cls.__mro__:
+        if klass is ModelAdapter:
+            return None
+        if "adapter_api" in vars(klass):
+            return vars(klass)["adapter_api"]
+    return None
+
+
+def _load(entry: metadata.EntryPoint) -> Family:
+    dist = entry.dist
+    family = Family(entry.name, entry.value, dist.name if dist else "?", dist.version if dist else "?")
+    try:
+        cls = entry.load()
+    except Exception as e:  # noqa: BLE001 - any error of a plug-in's import is reported, not raised
+        return replace(family, error=f"failed to import {entry.value}: {type(e).__name__}: {e}")
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+        return replace(family, error=f"{entry.value} is not a models.adapter.ModelAdapter subclass")
+    api = _api_of(cls)
+    if api != ADAPTER_API:
+        built = "declares no adapter_api" if api is None else f"is built for adapter API {api!r}"
+        return replace(
+            family, error=f"{entry.value} {built}; this server has adapter API {ADAPTER_API}"
+        )
+    if getattr(cls, "family", entry.name) != entry.name:
+        return replace(
+            family, error=f"{entry.value}.family is {cls.family!r}, its entry point's name {entry.name!r}"
+        )
+    return replace(family, adapter=cls)
+
+
+@functools.cache
+def installed() -> dict[str, Family]:
+    """Every family installed, by name, each loaded once: the bundled `image` and `text` and any
+    plug-in, whether it loads or not (`error` says why not). A second distribution declaring a
+    name already taken is reported, never swapped in."""
+    found: dict[str, Family] = {}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in found:
+            dist = entry.dist.name if entry.dist else "?"
+            log.warning(
+                "model family %r of %s ignored: %s has it", entry.name, dist, found[entry.name].origin
+            )
+            continue
+        found[entry.name] = family = _load(entry)
+        if family.error:
+            log.warning("model family %r (%s) cannot serve: %s", family.name, family.origin, family.error)
+    return dict(sorted(found.items()))
+
+
+def families() -> dict[str, type[ModelAdapter]]:
+    """The families that can serve, by name: their adapter classes."""
+    return {name: f.adapter for name, f in installed().items() if f.adapter is not None}
 
 
 def family_of(path: Path) -> str:
@@ -200,25 +278,21 @@ def family_of(path: Path) -> str:
     return config.get("family", "image") if isinstance(config, dict) else "image"
 
 
-def families() -> dict[str, type[ModelAdapter]]:
-    """Every model family installed, by name."""
-    from models import (  # noqa: F401, PLC0415 - the families import this module; importing one registers it
-        image,
-        text,
-    )
-
-    return FAMILIES
-
-
 def load_adapter(path: str | Path, name: str | None = None, version: str = "1") -> ModelAdapter:
     """The adapter of the checkpoint at `path` (a directory or a bundled model's name)."""
-    from models import checkpoint  # noqa: PLC0415
+    from models.checkpoint import CheckpointError, resolve  # noqa: PLC0415
 
-    families()
-    path = checkpoint.resolve(path)
-    family = family_of(path)
-    if family not in FAMILIES:
-        raise checkpoint.CheckpointError(
-            f"{path / 'config.json'}: unknown model family {family!r}; known: {sorted(FAMILIES)}"
+    path = resolve(path)
+    family, found = family_of(path), installed()
+    if family not in found:
+        raise CheckpointError(
+            f"{path / 'config.json'}: model family {family!r} is not installed (installed: "
+            f"{', '.join(found) or 'none'}); install the Python package that provides it, one with "
+            f"a {ENTRY_POINT_GROUP!r} entry point named {family!r} (docs/adapters.md)"
         )
-    return FAMILIES[family](path, name or path.name, version)
+    if found[family].adapter is None:
+        raise CheckpointError(
+            f"{path / 'config.json'}: model family {family!r} ({found[family].origin}) cannot serve: "
+            f"{found[family].error}"
+        )
+    return found[family].adapter(path, name or path.name, version)

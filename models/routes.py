@@ -1,4 +1,4 @@
-"""Routes (which subnetwork runs) and their analytic FLOPs.
+"""Routes (which subnetwork runs) and route tables' Pareto frontiers, for every family.
 
 A route is (trunk width, experts k, decoder width) for one task, written `w50-k2-d50`.
 FLOPs count 2 per multiply-add of every linear, convolution and attention matmul, per
@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from models.config import ModelConfig
-from models.decoders import HEADS
 
 _ROUTE_ID = re.compile(r"^(?:L(\d+)-)?w(\d+)-k(\d+)-d(\d+)$")
 
@@ -59,59 +56,29 @@ class Route:
             raise ValueError(f"route {self.id} is outside the model's route space {space}")
 
 
-def full_route(cfg: ModelConfig) -> Route:
-    s = cfg.routes
-    return Route(max(s.widths), max(s.experts), max(s.decoder_widths))
+TIER_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # the budget tiers low, medium, high, max
 
 
-def all_routes(cfg: ModelConfig) -> list[Route]:
-    s = cfg.routes
-    return sorted(Route(w, k, d) for w in s.widths for k in s.experts for d in s.decoder_widths)
+def pareto_frontier(points: dict[Route, tuple[int, float]]) -> list[Route]:
+    """Routes not dominated by a cheaper-or-equal route with a better-or-equal score,
+    cheapest first, so scores never fall along the result.
 
-
-def _block_flops(cfg: ModelConfig, heads: int, hidden: int) -> int:
-    N, D, inner = cfg.grid[0] * cfg.grid[1], cfg.dim, heads * cfg.head_dim
-    attn = N * D * 3 * inner + 2 * N * N * inner + N * inner * D
-    return 2 * (attn + 2 * N * D * hidden)
-
-
-def trunk_flops(cfg: ModelConfig, width: float) -> int:
-    sizes = [cfg.input.channels, *(max(1, round(c * width)) for c in cfg.stem.channels), cfg.dim]
-    H, W, stem = cfg.input.height, cfg.input.width, 0
-    for i, s in enumerate(cfg.stem.strides):
-        H, W = H // s, W // s
-        stem += H * W * sizes[i] * sizes[i + 1] * 9  # 3x3 convolutions
-    heads, hidden = round(cfg.heads * width), round(cfg.mlp_hidden * width)
-    return 2 * stem + cfg.trunk_depth * _block_flops(cfg, heads, hidden)
-
-
-def task_flops(cfg: ModelConfig, task: str, route: Route) -> int:
-    """FLOPs of one task's path after the trunk: task-zone blocks and decoder."""
-    spec = cfg.task(task)
-    heads = round(cfg.heads * route.width)
-    zone = cfg.task_depth * _block_flops(cfg, heads, route.experts * cfg.expert_hidden)
-    hid = max(1, round(spec.decoder_hidden * route.decoder_width))
-    return zone + 2 * HEADS[spec.kind].flops(cfg, spec, hid)
-
-
-def request_flops(cfg: ModelConfig, width: float, routes: dict[str, Route]) -> int:
-    """FLOPs per sample of a (multi-)task request: trunk once, then each task's path."""
-    return trunk_flops(cfg, width) + sum(task_flops(cfg, t, r) for t, r in routes.items())
-
-
-def full_flops(cfg: ModelConfig, tasks: list[str]) -> int:
-    full = full_route(cfg)
-    return request_flops(cfg, full.width, {t: full for t in tasks})
-
-
-class ConfigFlops:
-    """The FLOPs model of a config, in the form routing asks for (`routing.FlopsModel`)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-
-    def request_flops(self, routes: dict[str, Route]) -> int:
-        return request_flops(self.cfg, next(iter(routes.values())).width, routes)
-
-    def full_flops(self, tasks: list[str]) -> int:
-        return full_flops(self.cfg, tasks)
+    Each tier's ceiling (a FLOPs fraction of 0.25, 0.5, 0.75, 1) also keeps its best route,
+    ties going to the larger route: a task that saturates early (scores tie from the smallest
+    route up) still gets a route per tier. The full route is always kept, so the table spans
+    up to a FLOPs fraction of 1.0 even where a short training run left it behind a smaller one.
+    """
+    ordered = sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
+    keep: set[Route] = set()
+    best = -1.0
+    for route, (_, score) in ordered:
+        if score > best:
+            keep.add(route)
+            best = score
+    keep.add(ordered[-1][0])
+    full = ordered[-1][1][0]
+    for ceiling in TIER_FRACTIONS:
+        within = [(score, flops, route) for route, (flops, score) in ordered if flops <= ceiling * full + 1]
+        if within:
+            keep.add(max(within, key=lambda x: (x[0], x[1]))[2])
+    return [route for route, _ in ordered if route in keep]

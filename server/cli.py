@@ -61,7 +61,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from models import text_train, train
+    from models.image import train
+    from models.text import train as text_train
 
     overrides = {
         k: v
@@ -75,15 +76,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _add_task(args: argparse.Namespace) -> None:
-    from models.text_data import load_csv_task
-    from models.text_train import add_task
+    from models.text.data import load_csv_task
+    from models.text.train import add_task
 
     task = load_csv_task(args.data, args.task, args.text_column, args.label_column, args.kind)
     print(json.dumps(add_task(args.model, task), indent=2))
 
 
 def _remove_task(args: argparse.Namespace) -> None:
-    from models.text_train import remove_task
+    from models.text.train import remove_task
 
     remove_task(args.model, args.task)
     print(f"task {args.task!r} removed from {args.model}; reload the model to apply")
@@ -94,8 +95,8 @@ def _eval_text(args: argparse.Namespace) -> None:
     held-out split (sha1(text) mod 5 == 0)."""
     from models.adapter import load_adapter
     from models.routes import Route
-    from models.text_data import LOADERS, load_task
-    from models.text_train import Encoder, evaluate_module
+    from models.text.data import LOADERS, load_task
+    from models.text.train import Encoder, evaluate_module
     from routing import Budget, RouteTables
 
     adapter = load_adapter(args.model)
@@ -126,16 +127,17 @@ def _eval_text(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from models import checkpoint
     from models.adapter import family_of
+    from models.image import checkpoint
 
     if family_of(checkpoint.resolve(args.model)) == "text":
         _eval_text(args)
         return
-    from models.data import make_scenes
-    from models.evaluate import evaluate
-    from models.routes import ConfigFlops, Route
-    from models.train import TEST_SEED
+    from models.image.data import make_scenes
+    from models.image.evaluate import evaluate
+    from models.image.flops import ConfigFlops
+    from models.image.train import TEST_SEED
+    from models.routes import Route
     from routing import Budget, RouteTables
 
     model, tables = checkpoint.load(args.model)

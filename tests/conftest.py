@@ -78,7 +78,7 @@ def server():
 @pytest.fixture(scope="session")
 def onnx_server(tmp_path_factory):
     # mnist-scenes only: the text model's ONNX parity is tested per route in
-    # tests/models/test_text.py (a cold onnxruntime start of it adds ~2 minutes)
+    # tests/models/text/test_text.py (a cold onnxruntime start of it adds ~2 minutes)
     onnx_dir = tmp_path_factory.mktemp("onnx")
     s = RunningServer("onnxruntime", TRUNKLINE_ONNX_DIR=str(onnx_dir), TRUNKLINE_MODEL="mnist-scenes")
     s.onnx_dir = onnx_dir  # its exported graphs, for servers that reuse them
@@ -89,7 +89,7 @@ def onnx_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scenes():
-    from models.data import make_scenes
+    from models.image.data import make_scenes
 
     return make_scenes(16, "test", seed=123)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import checkpoint
+from models.image import checkpoint
 from models.routes import Route
 
 # the FLOPs-fraction ceiling of each tier; `min` is the smallest route

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from models.config import mnist_scenes_config
-from models.routes import ConfigFlops, Route, full_flops, request_flops
+from models.image.config import mnist_scenes_config
+from models.image.flops import ConfigFlops, full_flops, request_flops
+from models.routes import Route
 from routing import Budget, BudgetError, RouteTables, UnsatisfiableBudget
 
 CFG = mnist_scenes_config()

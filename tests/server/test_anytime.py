@@ -22,7 +22,7 @@ TEXT = "text-tasks"
 
 @pytest.fixture(scope="module")
 def texts():
-    from models.text_data import load_task
+    from models.text.data import load_task
 
     return load_task("sentiment").split("test").texts[:24]
 

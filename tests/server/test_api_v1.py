@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from models.config import mnist_scenes_config
+from models.image.config import mnist_scenes_config
 from routing import TIERS
 
 from .helpers import payload

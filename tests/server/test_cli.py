@@ -48,7 +48,8 @@ def test_a_wrong_model_is_one_line_not_a_traceback(command):
 
 
 def test_the_recipes_listed_are_the_recipes_there_are():
-    from models import text_train, train
+    from models.image import train
+    from models.text import train as text_train
     from server.cli import RECIPES
 
     assert sorted(RECIPES) == sorted([*train.RECIPES, *text_train.RECIPES])

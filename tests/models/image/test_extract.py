@@ -5,9 +5,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.config import mnist_scenes_config
-from models.model import TaskRoutedModel
-from models.routes import Route, all_routes, full_route, request_flops
+from models.image.config import mnist_scenes_config
+from models.image.flops import all_routes, full_route, request_flops
+from models.image.model import TaskRoutedModel
+from models.routes import Route
 
 ROUTES = [
     Route(1.0, 4, 1.0),

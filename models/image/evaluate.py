@@ -7,10 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.config import InputSpec, TaskSpec
-from models.data import Scenes
-from models.model import TaskRoutedModel
-from models.routes import Route, all_routes, full_flops, request_flops
+from models.config import TaskSpec
+from models.image.config import InputSpec
+from models.image.data import Scenes
+from models.image.flops import all_routes, full_flops, request_flops
+from models.image.model import TaskRoutedModel
+from models.routes import Route, pareto_frontier
 
 
 def images_to_tensor(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
@@ -50,32 +52,7 @@ def route_scores(model: TaskRoutedModel, scenes: Scenes) -> dict[str, dict[Route
     return scores
 
 
-TIER_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # the budget tiers low, medium, high, max
 
-
-def pareto_frontier(points: dict[Route, tuple[int, float]]) -> list[Route]:
-    """Routes not dominated by a cheaper-or-equal route with a better-or-equal score,
-    cheapest first, so scores never fall along the result.
-
-    Each tier's ceiling (a FLOPs fraction of 0.25, 0.5, 0.75, 1) also keeps its best route,
-    ties going to the larger route: a task that saturates early (scores tie from the smallest
-    route up) still gets a route per tier. The full route is always kept, so the table spans
-    up to a FLOPs fraction of 1.0 even where a short training run left it behind a smaller one.
-    """
-    ordered = sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
-    keep: set[Route] = set()
-    best = -1.0
-    for route, (_, score) in ordered:
-        if score > best:
-            keep.add(route)
-            best = score
-    keep.add(ordered[-1][0])
-    full = ordered[-1][1][0]
-    for ceiling in TIER_FRACTIONS:
-        within = [(score, flops, route) for route, (flops, score) in ordered if flops <= ceiling * full + 1]
-        if within:
-            keep.add(max(within, key=lambda x: (x[0], x[1]))[2])
-    return [route for route, _ in ordered if route in keep]
 
 
 def build_route_tables(

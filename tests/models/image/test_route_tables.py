@@ -1,8 +1,7 @@
 """Route tables are Pareto frontiers with a route for every budget tier."""
 
-from models import checkpoint
-from models.evaluate import pareto_frontier
-from models.routes import Route
+from models.image import checkpoint
+from models.routes import Route, pareto_frontier
 
 
 def points(rows: dict[str, tuple[int, float]]) -> dict[Route, tuple[int, float]]:

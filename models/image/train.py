@@ -15,14 +15,15 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from models import checkpoint
-from models.config import InputSpec, ModelConfig, mnist_scenes_config
-from models.data import make_scenes
-from models.evaluate import build_route_tables, evaluate, images_to_tensor, route_scores
+from models.image import checkpoint
+from models.image.config import InputSpec, ModelConfig, mnist_scenes_config
+from models.image.data import make_scenes
+from models.image.evaluate import build_route_tables, evaluate, images_to_tensor, route_scores
+from models.image.flops import all_routes, full_route
+from models.image.model import TaskRoutedModel
 from models.kinds import kind
 from models.losses import feature_distill_loss
-from models.model import TaskRoutedModel
-from models.routes import Route, all_routes, full_route
+from models.routes import Route
 
 
 @dataclass

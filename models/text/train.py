@@ -17,11 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.evaluate import pareto_frontier
 from models.kinds import kind
-from models.routes import Route
-from models.text_data import TextTask, load_task
-from models.text_model import (
+from models.routes import Route, pareto_frontier
+from models.text.data import TextTask, load_task
+from models.text.model import (
     TextConfig,
     TextRoutedModel,
     all_routes,
@@ -434,7 +433,7 @@ def add_task(model_dir: str | Path, task: TextTask, recipe: AddTaskRecipe | None
     its validation rows, and write it beside the checkpoint (tasks/NAME.safetensors and
     tasks/NAME.json). No existing file is rewritten."""
     from models.config import TaskSpec
-    from models.text import TASKS_DIR, load_checkpoint
+    from models.text.adapter import TASKS_DIR, load_checkpoint
 
     r = recipe or AddTaskRecipe()
     started = time.perf_counter()
@@ -508,7 +507,7 @@ def add_task(model_dir: str | Path, task: TextTask, recipe: AddTaskRecipe | None
 def remove_task(model_dir: str | Path, name: str) -> None:
     """Stop offering a task: an added task's files are deleted; a trained-in task is listed
     in tasks/removed.json (its weights stay in the shared file, untouched)."""
-    from models.text import REMOVED, TASKS_DIR
+    from models.text.adapter import REMOVED, TASKS_DIR
 
     folder = Path(model_dir) / TASKS_DIR
     cfg = TextConfig.model_validate_json((Path(model_dir) / "config.json").read_text())

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from models import checkpoint
-from models.checkpoint import CheckpointError
+from models.checkpoint import BUNDLED, CheckpointError
+from models.image import checkpoint
 
 
 @pytest.fixture
@@ -85,6 +85,6 @@ def test_unknown_name(tmp_path):
 
 def test_bundled_found_by_name(tmp_path):
     path = checkpoint.resolve("mnist-scenes")
-    assert path == checkpoint.BUNDLED / "mnist-scenes"
+    assert path == BUNDLED / "mnist-scenes"
     copy = shutil.copytree(path, tmp_path / "copy")
     assert checkpoint.resolve(copy) == copy

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import checkpoint
-from models.data import make_scenes
-from models.evaluate import evaluate, images_to_tensor
+from models.image import checkpoint
+from models.image.data import make_scenes
+from models.image.evaluate import evaluate, images_to_tensor
+from models.image.train import TEST_SEED, train
 from models.kinds import kind
 from models.routes import Route
-from models.train import TEST_SEED, train
 
 # A short run's test loss as a fraction of the loss of predicting the label prior ("chance").
 # A few hundred steps teach count and the digit outlines; digit identity (presence, sum) only

@@ -6,7 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.export import OPSET, export_routes, path_file, trunk_file
+from models.export import OPSET, path_file, trunk_file
+from models.image.export import export_routes
 from models.routes import Route
 
 

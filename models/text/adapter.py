@@ -22,11 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from models.adapter import InputError, ModelAdapter, Tensor, register
+from models.adapter import InputError, ModelAdapter, Tensor
 from models.checkpoint import CheckpointError, load_tables
 from models.config import TaskSpec
 from models.routes import Route
-from models.text_model import (
+from models.text.model import (
     TextConfig,
     TextRoutedModel,
     check_base,
@@ -134,8 +134,8 @@ def _load_added_tasks(model: TextRoutedModel, tables: dict, folder: Path) -> Non
                 raise CheckpointError(f"{folder}: route table of task {name!r}: {e}") from None
 
 
-@register
 class TextAdapter(ModelAdapter):
+    adapter_api = 1
     family = "text"
     input_name = "text"
     instance_schema = {
@@ -215,8 +215,8 @@ class TextAdapter(ModelAdapter):
         """Validation: the rows route tables were built on (the recipe's `val_rows` first
         rows of the validation split); test: the whole held-out split (sha1 mod 5 == 0).
         Bundled tasks only: an added task's rows are in the CSV it was added from."""
-        from models.text_data import LOADERS, load_task
-        from models.text_train import TextRecipe
+        from models.text.data import LOADERS, load_task
+        from models.text.train import TextRecipe
 
         if split not in ("validation", "test"):
             raise ValueError(f"unknown split {split!r}, expected 'validation' or 'test'")
@@ -429,7 +429,7 @@ def _export(
     module: nn.Module, args: tuple, names: list[str], out: Path, output: dict, shared: dict | None = None
 ) -> Path:
     """ONNX with dynamic batch and sequence axes (the text batch is [B, 2, T], tokens [B, T, D])."""
-    from models.export import _export as export_graph
+    from models.export import export_graph
 
     axes = tuple({0: "batch", 1: "seq"} if n == "tokens" else {0: "batch", 2: "seq"} for n in names)
     return export_graph(module, args, names, out, axes, output, shared)

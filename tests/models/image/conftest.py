@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from models.config import mnist_scenes_config
-from models.evaluate import build_route_tables
-from models.model import TaskRoutedModel
-from models.routes import all_routes
-from models.train import RECIPES
+from models.image.config import mnist_scenes_config
+from models.image.evaluate import build_route_tables
+from models.image.flops import all_routes
+from models.image.model import TaskRoutedModel
+from models.image.train import RECIPES
 
 
 @pytest.fixture(scope="session")

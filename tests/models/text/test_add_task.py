@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from models.checkpoint import BUNDLED
-from models.text import load_checkpoint
-from models.text_data import load_task
-from models.text_train import remove_task
+from models.text.adapter import load_checkpoint
+from models.text.data import load_task
+from models.text.train import remove_task
 
 MODEL = "text-tasks"
 

@@ -128,7 +128,7 @@ class TextConfig(_Strict):
 
 
 def text_tasks_config(**overrides) -> TextConfig:
-    from models.text_data import QUESTION_LABELS
+    from models.text.data import QUESTION_LABELS
 
     tasks = [
         TaskSpec(name="sentiment", kind="classification", labels=["rotten", "fresh"], decoder_hidden=256),
@@ -145,7 +145,7 @@ class BaseError(CheckpointError):
 
 
 def base_dir(ref: BaseRef) -> Path:
-    from models.text_data import package_dir
+    from models.text.data import package_dir
 
     try:
         return package_dir(ref.module)

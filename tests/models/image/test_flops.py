@@ -1,7 +1,9 @@
 """The analytic FLOPs counter against a count by hand."""
 
-from models.config import InputSpec, ModelConfig, RouteSpace, StemConfig, TaskSpec
-from models.routes import Route, full_flops, request_flops, task_flops, trunk_flops
+from models.config import RouteSpace, TaskSpec
+from models.image.config import InputSpec, ModelConfig, StemConfig
+from models.image.flops import full_flops, request_flops, task_flops, trunk_flops
+from models.routes import Route
 
 
 def tiny_config() -> ModelConfig:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import ModelConfig
+from models.image.config import ModelConfig
 from models.layers import Block, RouteBlock, reshape_kept
 
 

@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.adapter import InputError, Tensor, load_adapter
 from models.checkpoint import BUNDLED, CheckpointError
 from models.routes import Route
-from models.text import MAX_PADDING, TextAdapter, load_checkpoint
-from models.text_model import BaseError, TextRoutedModel, base_sha256, full_flops, request_flops
+from models.text.adapter import MAX_PADDING, TextAdapter, load_checkpoint
+from models.text.model import BaseError, TextRoutedModel, base_sha256, full_flops, request_flops
 
 TEXTS = [
     "What is the capital of Australia ?",

@@ -13,16 +13,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from models import checkpoint, export
-from models.adapter import InputError, ModelAdapter, Tensor, register
+from models.adapter import InputError, ModelAdapter, Tensor
 from models.config import TaskSpec
-from models.routes import ConfigFlops, Route, trunk_flops
+from models.image import checkpoint, export
+from models.image.flops import ConfigFlops, trunk_flops
+from models.routes import Route
 
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
 
 
-@register
 class ImageAdapter(ModelAdapter):
+    adapter_api = 1
     family = "image"
     input_name = "image"
     instance_schema = {
@@ -91,8 +92,8 @@ class ImageAdapter(ModelAdapter):
 
     def labelled(self, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Validation: the scenes route tables were built on; test: the card's held-out scenes."""
-        from models.data import make_scenes
-        from models.train import TEST_SEED, VAL_SEED, Recipe
+        from models.image.data import make_scenes
+        from models.image.train import TEST_SEED, VAL_SEED, Recipe
 
         file = self.path / "recipe.json"
         recipe = json.loads(file.read_text()) if file.is_file() else {}

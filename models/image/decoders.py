@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import ModelConfig, TaskSpec
+from models.config import TaskSpec
+from models.image.config import ModelConfig
 from models.layers import _copy_linear, reorder_hidden_
 
 

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from models.data import CELL_ORIGINS, JITTER, MASK_THRESHOLD, make_scenes, mnist_digits, pool_indices
+from models.image.data import (
+    CELL_ORIGINS,
+    JITTER,
+    MASK_THRESHOLD,
+    make_scenes,
+    mnist_digits,
+    pool_indices,
+)
 
 
 def test_pools_split_by_index_mod_5_and_do_not_overlap():
@@ -64,7 +71,7 @@ def _find_placement(canvas: np.ndarray, digit: np.ndarray):
 
 
 def test_overlap_mask_goes_to_the_brighter_digit():
-    from models.data import paste
+    from models.image.data import paste
 
     canvas = np.zeros((56, 56), np.uint8)
     owner = np.zeros((56, 56), np.uint8)

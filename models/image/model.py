@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import ModelConfig
-from models.decoders import build_decoder
+from models.image.config import ModelConfig
+from models.image.decoders import build_decoder
+from models.image.trunk import RouteTrunk, Trunk
 from models.kinds import kind
 from models.layers import Block, MoeBlock, RouteBlock
 from models.routes import Route
-from models.trunk import RouteTrunk, Trunk
 
 
 class TaskPath(nn.Module):
