@@ -127,3 +127,16 @@ def test_tensors_json_and_binary(adapter):
         with pytest.raises(InputError) as e:
             adapter.decode_tensor(tensor, "inputs.0")
         assert e.value.field == field
+
+
+def test_trunkline_families_lists_three():
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "families", "--json"], capture_output=True, text=True, check=True
+    )
+    found = {f["family"]: f for f in json.loads(run.stdout)["families"]}
+    assert {"image", "text", "tabular"} <= set(found)
+    assert found["tabular"]["package"] == "trunkline-tabular" and found["tabular"]["error"] is None
