@@ -1,5 +1,8 @@
 """Step 7 of docs/adapters.md: the family's own checks, no server."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,6 @@ from trunkline_tabular.model import all_routes
 from models.adapter import InputError, Tensor, installed, load_adapter
 from models.kinds import kind
 from models.routes import Route
-
-
-def spec_kind(spec):
-    return kind(spec.kind)
-
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "penguins"
 
@@ -61,7 +59,7 @@ def test_an_extracted_route_computes_what_the_full_network_does(adapter, route):
         tokens = adapter.trunk_module(route)(x)
         for task, spec in adapter.tasks.items():
             small = adapter.path_module(task, route)(tokens, x)
-            torch.testing.assert_close(small, spec_kind(spec).activate(full[task]), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(small, kind(spec.kind).activate(full[task]), atol=1e-5, rtol=1e-5)
 
 
 def test_smaller_routes_hold_fewer_weights(adapter):
@@ -130,10 +128,6 @@ def test_tensors_json_and_binary(adapter):
 
 
 def test_trunkline_families_lists_three():
-    import json
-    import subprocess
-    import sys
-
     run = subprocess.run(
         [sys.executable, "-m", "server.cli", "families", "--json"], capture_output=True, text=True, check=True
     )

@@ -2,6 +2,7 @@
 checkpoint answers /v1, the Open Inference Protocol and Triton's client at two budgets, with
 receipts whose FLOPs are the route table's."""
 
+import json
 import os
 import socket
 import subprocess
@@ -57,8 +58,6 @@ def server(request, tmp_path_factory):
 
 
 def table(task: str) -> dict[str, dict]:
-    import json
-
     return {row["id"]: row for row in json.loads((CHECKPOINT / "routes.json").read_text())[task]}
 
 
