@@ -7,7 +7,8 @@ beside every static route of the frontier, per task of both bundled models; then
 The curves replay the server's rule (routing.anytime) on every rung's outputs for the held-out
 split (text: sha1 mod 5 == 0; images: the 2,000 test-pool scenes of the card), each route run
 once in eager PyTorch: what the server answers to 1e-4. A row's FLOPs are those of every rung it
-ran. The HTTP part runs a real server.
+ran, a rung on a trunk it already ran counting only its paths (the server reuses the trunk's
+output). The HTTP part runs a real server.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from bench.http_load import load, start_server, summarise
 from bench.model_level import goal
 from bench.scale import Scale
 from models.adapter import load_adapter
-from models.calibrate import route_outputs
+from models.calibrate import Rung, replay, route_outputs, score
 from models.kinds import expected_calibration_error, kind
 from routing import Budget, RouteTables
-from routing.anytime import choose_ladder, unsure
+from routing.anytime import choose_ladder
 from server.settings import Settings
 
 CONFIDENCES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -37,27 +38,6 @@ MODELS = ("text-tasks", "mnist-scenes")
 # the FLOPs the issue allows auto to reach the max route's score - 0.5 points, per task
 TARGETS = {"sentiment": 0.45, "question_type": 0.45, "spam": 0.45, "presence": 0.6, "sum": 0.6, "count": 0.3}
 HTTP_TASK = "sentiment"
-
-
-def _score(k, probs: np.ndarray, target: np.ndarray, metric: str | None) -> float:
-    meter = k.metric(probs.shape[1] if probs.ndim > 1 else 1, metric)
-    meter.update(torch.from_numpy(probs), target)
-    return float(meter.value())
-
-
-def replay(
-    k, outputs: list[np.ndarray], temperatures: list[float], threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the rung that answers (the first confident one, else the last) and the answer."""
-    n = len(outputs[0])
-    answered = np.full(n, len(outputs) - 1)
-    open_rows = np.ones(n, bool)
-    for i, (probs, t) in enumerate(zip(outputs[:-1], temperatures[:-1])):
-        done = open_rows & ~unsure(k.confidence(probs, t), threshold)
-        answered[done] = i
-        open_rows &= ~done
-    answer = np.stack(outputs)[answered, np.arange(n)]
-    return answered, answer
 
 
 def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None) -> dict:
@@ -82,23 +62,32 @@ def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None)
             {
                 "route": e.id,
                 "fraction": float(flops.sum() / full.sum()),
-                "score": _score(k, probs, target, metric),
+                "score": score(k, probs, target, metric),
             }
         )
     rungs = [p.entries[0] for p in ladder.rungs]
-    rung_flops = [adapter.row_flops(decoded, {task: e.route}) for e in rungs]
+    replayed = [
+        Rung(
+            e.id,
+            e.route.trunk,
+            outputs[e.id],
+            e.temperature,
+            adapter.row_flops(decoded, {task: e.route}),
+            adapter.row_flops(decoded, {task: e.route}, trunk=False),
+        )
+        for e in rungs
+    ]
     max_row = next(s for s in static if s["route"] == top.entries[0].id)
     auto = []
     for c in CONFIDENCES:
-        answered, answer = replay(k, [outputs[e.id] for e in rungs], [e.temperature for e in rungs], c)
-        spent = sum(np.where(answered >= i, f, 0.0) for i, f in enumerate(rung_flops))
+        answered, answer, spent = replay(k, replayed, c)
         fraction = float(spent.sum() / full.sum())
         auto.append(
             {
                 "confidence": c,
                 "fraction": round(fraction, 4),
                 "of_max_flops": round(fraction / max_row["fraction"], 4),
-                "score": round(_score(k, answer, target, metric), 4),
+                "score": round(score(k, answer, target, metric), 4),
                 "escalated": round(float((answered > 0).mean()), 4),
                 "answered_by": [int((answered == i).sum()) for i in range(len(rungs))],
             }

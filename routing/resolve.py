@@ -50,6 +50,7 @@ class RouteEntry:
     score: float
     params: int = 0
     temperature: float | None = None  # fitted on validation (models.calibrate); None: not yet
+    rung: int | None = None  # its place on the task's fitted anytime ladder (models.calibrate)
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch bucket -> ms (path only)
 
     @property
@@ -100,6 +101,7 @@ class RouteTables:
                     float(r["score"]),
                     int(r.get("params", 0)),
                     float(r["temperature"]) if r.get("temperature") is not None else None,
+                    r.get("rung"),
                 )
                 for r in rows
             ]

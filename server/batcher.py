@@ -39,6 +39,9 @@ def _report_crash(task: asyncio.Task) -> None:
 
 Decode = Callable[[], np.ndarray]
 Encode = Callable[[dict[str, np.ndarray]], Any]
+# trunk outputs kept for some of an item's rows: groups of (row indices, tokens, model batch),
+# one per input batch the trunk ran on (text pads each group to its own length)
+State = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass(eq=False)  # compared by (priority, arrival) only, never by its arrays
@@ -57,6 +60,8 @@ class WorkItem:
     encode: Encode | None = None
     describe: Callable[[Any], dict | None] | None = None  # receipt fields from the decoded inputs
     keep_inputs: bool = False  # hand the decoded inputs back (budget "auto" escalates them)
+    keep_state: bool = False  # hand the trunk's outputs back (a later rung on this trunk reuses them)
+    state: State | None = None  # the trunk's outputs for every row: run only the paths on them
     enqueued: float = field(default_factory=time.monotonic)
     future: asyncio.Future | None = None
     queued: bool = False  # waiting in a batcher's queue
@@ -102,6 +107,7 @@ class BatchResult:
     encoded: Any = None  # what the item's `encode` made of its outputs
     info: dict | None = None  # what the item's `describe` said of its decoded inputs
     decoded: Any = None  # the decoded inputs, where the item asked to keep them
+    state: State | None = None  # the trunk's outputs, where the item asked to keep them
 
 
 @dataclass
@@ -117,6 +123,7 @@ class BatchRun:
     compute_ms: float
     encode_ms: float
     decoded: list[Any] = field(default_factory=list)
+    states: list[State | None] = field(default_factory=list)
 
 
 def _decode(item: WorkItem) -> np.ndarray:
@@ -150,8 +157,12 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
         except Exception as exc:  # noqa: BLE001 - a bad input fails its own request only
             outputs[i] = exc
     t1 = time.perf_counter()
+    states: list = [None] * len(items)
     for i, out in zip(good, _isolated(backend, batches, trunk, [items[i] for i in good], arrays)):
-        outputs[i] = out
+        if isinstance(out, BaseException):
+            outputs[i] = out
+        else:
+            outputs[i], states[i] = out
     t2 = time.perf_counter()
     encoded: list = [None] * len(items)
     for i in good:
@@ -161,7 +172,8 @@ def run_batch(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
             except Exception as exc:  # noqa: BLE001
                 outputs[i] = exc
     t3 = time.perf_counter()
-    return BatchRun(outputs, encoded, info, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, kept)
+    ms = (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000
+    return BatchRun(outputs, encoded, info, *ms, kept, states)
 
 
 def _isolated(backend: Backend, batches: Batches, trunk: str, items: list[WorkItem], arrays: list) -> list:
@@ -180,18 +192,36 @@ def _isolated(backend: Backend, batches: Batches, trunk: str, items: list[WorkIt
 
 def _forward(
     backend: Backend, batches: Batches, trunk: str, items: list[WorkItem], arrays: list
-) -> list[dict[str, np.ndarray]]:
-    """Per input batch: the trunk once, then each (task, route) path on the rows that want it;
-    outputs go back to request order."""
+) -> list[tuple[dict[str, np.ndarray], State | None]]:
+    """The trunk once per input batch of the items that bring no state, then each
+    (task, route) path on the rows that want it, on those tokens and on the tokens the other
+    items brought (stacked together where their shapes match); outputs go back to request
+    order, with the trunk's outputs for the items that asked to keep them."""
     offsets = np.cumsum([0] + [len(a) for a in arrays])
     total = int(offsets[-1])
     wants: dict[tuple, np.ndarray] = {}  # (task, route) -> which rows run it
     for i, it in enumerate(items):
         for e in it.plan.entries:
             wants.setdefault((e.task, e.route), np.zeros(total, bool))[offsets[i] : offsets[i + 1]] = True
+    groups: dict[tuple, list] = {}  # token and batch shapes -> [(rows, tokens, batch)]
+
+    def add(rows: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> None:
+        groups.setdefault((tokens.shape[1:], batch.shape[1:]), []).append((rows, tokens, batch))
+
+    fresh = [i for i, it in enumerate(items) if it.state is None]
+    if fresh:
+        index = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in fresh])
+        for rows, batch in batches([arrays[i] for i in fresh]):
+            add(index[rows], backend.run_trunk(trunk, batch), batch)
+    for i, it in enumerate(items):
+        for rows, tokens, batch in it.state or ():
+            add(offsets[i] + rows, tokens, batch)
+    stacked = [
+        parts[0] if len(parts) == 1 else tuple(np.concatenate(p) for p in zip(*parts))
+        for parts in groups.values()
+    ]
     results: dict[tuple, np.ndarray] = {}
-    for rows, batch in batches(arrays):
-        tokens = backend.run_trunk(trunk, batch)
+    for rows, tokens, batch in stacked:
         for (task, route), wanted in wants.items():
             local = np.flatnonzero(wanted[rows])
             if not len(local):
@@ -204,10 +234,18 @@ def _forward(
             if out is None:
                 out = results[(task, route)] = np.empty((total, *probs.shape[1:]), probs.dtype)
             out[rows[local]] = probs
-    return [
-        {e.task: results[(e.task, e.route)][offsets[i] : offsets[i + 1]] for e in it.plan.entries}
-        for i, it in enumerate(items)
-    ]
+    answers = []
+    for i, it in enumerate(items):
+        state = None
+        if it.keep_state:
+            state = []
+            for rows, tokens, batch in stacked:
+                mine = np.flatnonzero((rows >= offsets[i]) & (rows < offsets[i + 1]))
+                if len(mine):
+                    state.append((rows[mine] - offsets[i], tokens[mine], batch[mine]))
+        outputs = {e.task: results[(e.task, e.route)][offsets[i] : offsets[i + 1]] for e in it.plan.entries}
+        answers.append((outputs, state))
+    return answers
 
 
 class Batcher:
@@ -462,15 +500,14 @@ class Batcher:
             )
         if self.on_batch:
             self.on_batch(size, trunk)
-        for it, out, encoded, info, kept in zip(items, run.outputs, run.encoded, run.info, run.decoded):
+        for it, out, encoded, info, kept, state in zip(
+            items, run.outputs, run.encoded, run.info, run.decoded, run.states
+        ):
             if it.future.done():
                 continue
             if isinstance(out, BaseException):
                 it.future.set_exception(out)
                 continue
             queue_ms = (started - it.enqueued) * 1000
-            it.future.set_result(
-                BatchResult(
-                    out, size, queue_ms, run.compute_ms, run.decode_ms, run.encode_ms, encoded, info, kept
-                )
-            )
+            ms = run.compute_ms, run.decode_ms, run.encode_ms
+            it.future.set_result(BatchResult(out, size, queue_ms, *ms, encoded, info, kept, state))

@@ -23,7 +23,7 @@ from routing import Budget, BudgetError, Plan, RouteEntry, RouteTables, Unsatisf
 from routing.anytime import DEFAULT_CONFIDENCE, Ladder, choose_ladder, unsure
 from server import calibration, hooks
 from server.backends import create_backend
-from server.batcher import Batcher, BatchResult, Decode, Encode, WorkItem
+from server.batcher import Batcher, BatchResult, Decode, Encode, State, WorkItem
 from server.compute import ComputeScheduler
 from server.errors import (
     BudgetTooSmall,
@@ -85,6 +85,7 @@ class RowTrace:
     degraded: dict[str, bool]
     flops: float = 0.0
     full_flops: float = 0.0
+    reused_flops: float = 0.0  # trunks a later rung reused instead of running again
 
 
 @dataclass
@@ -361,11 +362,22 @@ class Engine:
         """Run the ladder: every row on the first rung, then each rung on the rows (and tasks)
         still below the confidence. Rows escalated together, in groups by the tasks they
         still need, enter the batcher at once: they batch with each other and with other
-        requests on that trunk, which runs once per batch."""
+        requests on that trunk, which runs once per batch. A rung on a trunk a row already ran
+        (the same trunk key: images at the same width, text at the same depth and width) runs
+        only its paths, on the trunk's outputs kept from then."""
         ladder, c = admission.ladder, admission.confidence
         tasks = list(ladder.tasks)
+        trunks = [rung.trunk for rung in ladder.rungs]
         first = await self.batcher.submit(
-            WorkItem(inputs, ladder.rungs[0], admission.deadline, admission.priority, n=n, keep_inputs=True)
+            WorkItem(
+                inputs,
+                ladder.rungs[0],
+                admission.deadline,
+                admission.priority,
+                n=n,
+                keep_inputs=True,
+                keep_state=trunks[0] in trunks[1:],
+            )
         )
         decoded = first.decoded
         answers = {t: first.outputs[t].copy() for t in tasks}
@@ -377,10 +389,16 @@ class Engine:
             for f in self.adapter.row_full_flops(decoded, tasks).tolist()
         ]
         pending = {t: np.zeros(n, bool) for t in tasks}
+        # per trunk, the trunk's outputs kept for rows of this request: (request rows, tokens, batch)
+        kept: dict[str, State] = {}
+        if first.state is not None:
+            kept[trunks[0]] = first.state
         compute_ms = first.compute_ms
 
-        def record(rung: Plan, where: np.ndarray, group: list[str], outputs: dict, part) -> None:
-            flops = self.adapter.row_flops(part, {e.task: e.route for e in rung.entries if e.task in group})
+        def record(rung: Plan, where: np.ndarray, group: list[str], outputs: dict, part, reused) -> None:
+            routes = {e.task: e.route for e in rung.entries if e.task in group}
+            flops = self.adapter.row_flops(part, routes, trunk=not reused)
+            saved = self.adapter.row_flops(part, routes) - flops
             last = rung is ladder.rungs[-1]
             for t in group:
                 entry = next(e for e in rung.entries if e.task == t)
@@ -393,9 +411,10 @@ class Engine:
                     rows[r].confidences[t].append(float(conf[j]))
             for j, r in enumerate(where):
                 rows[r].flops += float(flops[j])
+                rows[r].reused_flops += float(saved[j])
 
-        record(ladder.rungs[0], np.arange(n), tasks, first.outputs, decoded)
-        for rung in ladder.rungs[1:]:
+        record(ladder.rungs[0], np.arange(n), tasks, first.outputs, decoded, False)
+        for i, rung in enumerate(ladder.rungs[1:], start=1):
             unsure_rows = np.flatnonzero(np.any([pending[t] for t in tasks], axis=0))
             if not len(unsure_rows):
                 break
@@ -404,26 +423,34 @@ class Engine:
             groups: dict[tuple[str, ...], list[int]] = {}
             for r in unsure_rows:
                 groups.setdefault(tuple(t for t in tasks if pending[t][r]), []).append(int(r))
+            keep = rung.trunk not in kept and rung.trunk in trunks[i + 1 :]
             items = []
             for group, where in groups.items():
-                part = self.adapter.take(decoded, np.asarray(where))
-                plan = self._subplan(rung, list(group))
-                items.append((group, np.asarray(where), part, plan))
+                where = np.asarray(where)
+                part = self.adapter.take(decoded, where)
+                state = _rows_of(kept[rung.trunk], where, n) if rung.trunk in kept else None
+                item = WorkItem(
+                    part,
+                    self._subplan(rung, list(group)),
+                    admission.deadline,
+                    admission.priority,
+                    keep_state=keep,
+                    state=state,
+                )
+                items.append((group, where, part, item))
             results = await asyncio.gather(
-                *(
-                    self.batcher.submit(WorkItem(part, plan, admission.deadline, admission.priority))
-                    for _, _, part, plan in items
-                ),
-                return_exceptions=True,
+                *(self.batcher.submit(item) for *_, item in items), return_exceptions=True
             )
             if any(isinstance(r, DeadlineExceeded) for r in results):
                 break  # the deadline passed in the queue: answer what the rows have
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-            for (group, where, part, _), result in zip(items, results):
+            for (group, where, part, item), result in zip(items, results):
                 compute_ms += result.compute_ms
-                record(rung, where, list(group), result.outputs, part)
+                record(rung, where, list(group), result.outputs, part, item.state is not None)
+                if result.state is not None:  # rows of the item -> rows of the request
+                    kept.setdefault(rung.trunk, []).extend((where[g], t, b) for g, t, b in result.state)
         for t in tasks:
             for r in np.flatnonzero(pending[t]):  # cut short by the deadline
                 rows[r].degraded[t] = True
@@ -622,6 +649,7 @@ class Engine:
                         },
                         flops=int(r.flops),
                         flops_fraction=round(r.flops / r.full_flops, 4),
+                        reused_flops=int(r.reused_flops),
                     )
                     for r in p.rows
                 ],
@@ -675,3 +703,16 @@ class Engine:
                 for name, t in self.adapter.tasks.items()
             },
         }
+
+
+def _rows_of(state: State, where: np.ndarray, n: int) -> State:
+    """The kept trunk outputs of request rows `where`, as rows of an item made of them (in
+    that order)."""
+    position = np.full(n, -1)
+    position[where] = np.arange(len(where))
+    out = []
+    for rows, tokens, batch in state:
+        mine = np.flatnonzero(position[rows] >= 0)
+        if len(mine):
+            out.append((position[rows[mine]], tokens[mine], batch[mine]))
+    return out

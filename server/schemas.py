@@ -116,6 +116,9 @@ class RowReceipt(_Answer):
     tasks: dict[str, RowTaskReceipt]
     flops: int = Field(description="FLOPs of every rung it ran (each rung's trunk and paths)")
     flops_fraction: float
+    reused_flops: int = Field(
+        description="FLOPs of trunks a later rung reused instead of running again (not in `flops`)"
+    )
 
 
 class Receipt(_Answer):

@@ -59,7 +59,7 @@ def test_models_list_their_ladders(server):
     assert set(images) == {"count", "presence", "sum", "segment"}
     for ladder in [*text.values(), *images.values()]:
         assert len(ladder) >= 1 and len(set(ladder)) == len(ladder)
-    assert len(text["sentiment"]) == 2 and len(images["sum"]) == 2
+    assert len(text["sentiment"]) == 2 and len(images["sum"]) == 3 and images["count"] == ["w25-k1-d25"]
 
 
 def test_a_confident_row_is_never_escalated_and_an_unsure_one_climbs(server, texts):
@@ -154,15 +154,23 @@ def test_a_heavy_request_of_easy_and_hard_rows_answers_every_row(server, scenes)
 
 
 def test_each_task_of_a_multi_task_request_climbs_on_its_own(server, scenes):
-    body = v1(
-        server, payload(scenes.images[:8], tasks=["count", "sum"], budget="auto", confidence=0.99)
-    ).json()
-    rows = body["route"]["rows"]
-    single = v1(server, payload(scenes.images[:8], task="sum", budget="auto", confidence=0.99)).json()
-    for row, alone in zip(rows, single["route"]["rows"]):
+    """A task climbs when its own confidence is below c, whatever the other task's (a
+    multi-task request climbs the two-rung ladder: fitted ladders are per task)."""
+    c = 0.99
+    body = v1(server, payload(scenes.images[:8], tasks=["count", "sum"], budget="auto", confidence=c)).json()
+    single = v1(server, payload(scenes.images[:8], task="sum", budget="auto", confidence=c)).json()
+    climbed = set()
+    for row, alone in zip(body["route"]["rows"], single["route"]["rows"]):
         assert set(row["tasks"]) == {"count", "sum"}
-        # a task's climb does not depend on the other task of the request
-        assert row["tasks"]["sum"]["escalations"] == alone["tasks"]["sum"]["escalations"]
+        for t, r in row["tasks"].items():
+            assert (len(r["escalations"]) > 1) == (r["confidences"][0] < c), t
+            climbed |= {t} if len(r["escalations"]) > 1 else set()
+        # the first rung is the same route alone or beside count: the same confidence, the same call
+        first, alone_first = row["tasks"]["sum"], alone["tasks"]["sum"]
+        assert first["escalations"][0] == alone_first["escalations"][0]
+        assert math.isclose(first["confidences"][0], alone_first["confidences"][0], abs_tol=1e-5)
+        assert (len(first["escalations"]) > 1) == (len(alone_first["escalations"]) > 1)
+    assert climbed == {"sum"}, "count is sure of these scenes at the first rung, sum is not"
     for o in body["outputs"]:
         assert {"count", "sum"} <= set(o)
 
