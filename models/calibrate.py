@@ -95,19 +95,21 @@ def replay(k, rungs: list[Rung], threshold: float) -> tuple[np.ndarray, np.ndarr
 
 def fit_ladder(k, rungs: list[Rung], target: np.ndarray, metric: str | None) -> tuple[list[str], dict]:
     """The cheapest ladder from the cheapest route, of up to `MAX_RUNGS` rungs of rising cost,
-    that scores at least the best route's score - `SCORE_SLACK` at some confidence in
-    `LADDER_CONFIDENCES`; its route ids and what it reached ({confidence, cost, score}).
-    Where none does, the best route alone after the cheapest (the two-rung ladder)."""
+    ending on a route with the best score (so that a high confidence answers as `max` does),
+    that scores at least that score - `SCORE_SLACK` at some confidence in `LADDER_CONFIDENCES`;
+    its route ids and what it reached ({confidence, cost, score, goal}). Where none does, the
+    cheapest best route after the cheapest route (the two-rung ladder)."""
     rungs = sorted(rungs, key=lambda r: r.cost.mean())
     scores = {r.id: score(k, r.probs, target, metric) for r in rungs}
-    goal = max(scores.values()) - SCORE_SLACK
+    top = max(scores.values())
+    goal = top - SCORE_SLACK
     first, rest = rungs[0], rungs[1:]
-    if scores[first.id] >= goal:
+    if scores[first.id] >= top:
         return [first.id], {"confidence": None, "cost": round(float(first.cost.mean()), 4)}
     best: tuple | None = None
     for size in range(1, MAX_RUNGS):
         for above in itertools.combinations(rest, size):  # rest is sorted: rising cost
-            if scores[above[-1].id] < goal:
+            if scores[above[-1].id] < top:
                 continue
             ladder = [first, *above]
             for c in LADDER_CONFIDENCES:
@@ -119,8 +121,8 @@ def fit_ladder(k, rungs: list[Rung], target: np.ndarray, metric: str | None) -> 
                     best = (float(cost.mean()), [r.id for r in ladder], c, s)
                     break
     if best is None:
-        top = max(rest, key=lambda r: (scores[r.id], r.cost.mean()))
-        return [first.id, top.id], {"confidence": None, "cost": None}
+        last = next(r for r in rest if scores[r.id] == top)
+        return [first.id, last.id], {"confidence": None, "cost": None}
     cost, ids, c, s = best
     return ids, {"confidence": c, "cost": round(cost, 4), "score": round(s, 4), "goal": round(goal, 4)}
 

@@ -2,27 +2,27 @@
 rule that decides which rows climb it.
 
 A row runs the ladder's first rung; a task's answer whose calibrated confidence is at least
-the request's `confidence` is final, the others go up one rung (only for the tasks still
-unsure), until the last rung answers whatever is left. Ladders are chosen at load time from
-the route table (docs/design.md, "Anytime answers"):
+the request's `confidence` is final, the others go up to the task's next rung, until the
+task's last rung answers whatever is left. Ladders are chosen at load time from the route
+table (docs/design.md, "Anytime answers"). Per task, a sequence of routes:
 
-- one task: the ladder `models.calibrate` fitted on the validation split (the route rows it
-  marked `rung` 0, 1, ...: the cheapest ladder of up to three rungs that reaches the best
-  route's score - 0.5 points at some confidence, a rung on a trunk already run costing only
-  its paths), cut to the request's `min_budget` (the floor replaces the rungs below it) and
-  `max_budget` (rungs above it are dropped, and the plan the rule below ends on closes the
-  ladder when it scores better than what is left);
-- several tasks, or a table with no fitted ladder: two rungs, the floor (the plan
-  `min_budget` resolves to, default the cheapest) and the cheapest plan, within `max_budget`
-  (default `max`), whose validation score equals the best one there. One rung where the
-  floor already scores as well.
+- the route the floor gives it (the plan `min_budget` resolves to, default the cheapest);
+- then the ladder `models.calibrate` fitted on the validation split (the route rows it marked
+  `rung` 0, 1, ...), without its rungs at or below the floor and above `max_budget` (and
+  where `max_budget` cut it, the task's route in the best plan `max_budget` allows closes it);
+- a task with no fitted ladder: that best plan's route, where it scores better than the floor.
+
+Then the tasks' sequences are merged into plans of one trunk each (what the batcher runs):
+each rung takes the cheapest next route of any task and, beside it, every other task's next
+route on the same trunk. A rung holds only the tasks that climb there; one task's ladder is
+its sequence.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from routing.resolve import Plan, RouteTables
+from routing.resolve import Plan, RouteEntry, RouteTables
 
 DEFAULT_CONFIDENCE = 0.9
 
@@ -30,11 +30,15 @@ DEFAULT_CONFIDENCE = 0.9
 @dataclass(frozen=True)
 class Ladder:
     tasks: tuple[str, ...]
-    rungs: tuple[Plan, ...]  # cheapest first
+    rungs: tuple[Plan, ...]  # cheapest first; the first holds every task, later ones those that climb
 
     @property
     def ids(self) -> list[str]:
         return ["+".join(e.id for e in p.entries) for p in self.rungs]
+
+    def last(self, task: str) -> int:
+        """The index of the task's last rung: what answers it whatever its confidence."""
+        return max(i for i, p in enumerate(self.rungs) if task in p.tasks)
 
 
 def choose_ladder(tables: RouteTables, tasks: list[str], floor: Plan, top: Plan) -> Ladder:
@@ -42,25 +46,43 @@ def choose_ladder(tables: RouteTables, tasks: list[str], floor: Plan, top: Plan)
     plans = [p for p in tables.plans(tasks) if floor.flops <= p.flops <= top.flops]
     best = max(p.score for p in plans) if plans else top.score
     last = min((p for p in plans if p.score >= best), key=lambda p: (p.flops, -p.score), default=top)
-    above = [p for p in _fitted(tables, tasks) if p.flops > floor.flops]
-    fitted = [p for p in above if p.flops <= top.flops]
-    if fitted:
-        rungs = [floor, *fitted]
-        if len(fitted) < len(above) and last.flops > rungs[-1].flops and last.score > rungs[-1].score:
-            rungs.append(last)  # max_budget cut the fitted ladder: end on the best plan it allows
-        return Ladder(tuple(tasks), tuple(rungs))
-    if last.flops <= floor.flops or floor.score >= best:
-        return Ladder(tuple(tasks), (floor,))
-    return Ladder(tuple(tasks), (floor, last))
+    if floor.score >= best:
+        last = floor
+    sequences = [_sequence(tables, e, _entry(top, e.task), _entry(last, e.task)) for e in floor.entries]
+    return Ladder(tuple(tasks), (floor, *_merge(tables, [s[1:] for s in sequences])))
 
 
-def _fitted(tables: RouteTables, tasks: list[str]) -> list[Plan]:
-    """The plans of a single task's fitted ladder, in rung order ([] where none was fitted)."""
-    if len(tasks) != 1:
-        return []
-    by_entry = {p.entries[0]: p for p in tables.plans(tasks)}
-    rungs = sorted((e for e in tables.tables[tasks[0]] if e.rung is not None), key=lambda e: e.rung)
-    return [by_entry[e] for e in rungs]
+def _entry(plan: Plan, task: str) -> RouteEntry:
+    return next(e for e in plan.entries if e.task == task)
+
+
+def _sequence(tables: RouteTables, floor: RouteEntry, top: RouteEntry, best: RouteEntry) -> list[RouteEntry]:
+    """One task's routes, from its floor (the module's rule); `best` is its route in the best
+    plan within the bounds."""
+    fitted = sorted((e for e in tables.tables[floor.task] if e.rung is not None), key=lambda e: e.rung)
+    above = [e for e in fitted if e.flops > floor.flops]
+    kept = [e for e in above if e.flops <= top.flops]
+    if not kept:
+        return [floor, best] if best.flops > floor.flops and best.score > floor.score else [floor]
+    if len(kept) < len(above) and best.flops > kept[-1].flops and best.score > kept[-1].score:
+        kept.append(best)  # max_budget cut the fitted ladder: end on the best route it allows
+    return [floor, *kept]
+
+
+def _merge(tables: RouteTables, rests: list[list[RouteEntry]]) -> list[Plan]:
+    """The tasks' routes after the floor as plans of one trunk each, cheapest first."""
+    rungs, rests = [], [list(r) for r in rests]
+    while any(rests):
+        trunk = min((r[0] for r in rests if r), key=lambda e: e.flops).route.trunk
+        entries = tuple(r.pop(0) for r in rests if r and r[0].route.trunk == trunk)
+        routes = {e.task: e.route for e in entries}
+        score = sum(e.score for e in entries) / len(entries)
+        rungs.append(
+            Plan(
+                trunk, entries, tables.flops.request_flops(routes), tables.flops.flops_fraction(routes), score
+            )
+        )
+    return rungs
 
 
 def unsure(confidence, threshold: float):

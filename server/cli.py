@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_remove_task)
 
     p = sub.add_parser(
-        "calibrate", help="fit the temperatures budget auto needs, into the checkpoint (needs the data)"
+        "calibrate", help="fit budget auto's temperatures and ladders into the checkpoint (needs the data)"
     )
     p.add_argument("--model", required=True, action="append", help="a bundled name or a checkpoint folder")
     p.set_defaults(func=_calibrate)

@@ -395,17 +395,17 @@ class Engine:
             kept[trunks[0]] = first.state
         compute_ms = first.compute_ms
 
-        def record(rung: Plan, where: np.ndarray, group: list[str], outputs: dict, part, reused) -> None:
+        def record(i: int, where: np.ndarray, group: list[str], outputs: dict, part, reused) -> None:
+            rung = ladder.rungs[i]
             routes = {e.task: e.route for e in rung.entries if e.task in group}
             flops = self.adapter.row_flops(part, routes, trunk=not reused)
             saved = self.adapter.row_flops(part, routes) - flops
-            last = rung is ladder.rungs[-1]
             for t in group:
                 entry = next(e for e in rung.entries if e.task == t)
                 conf = kind(self.adapter.tasks[t].kind).confidence(outputs[t], entry.temperature)
                 answers[t][where] = outputs[t]
                 confidence[t][where] = conf
-                pending[t][where] = False if last else unsure(conf, c)
+                pending[t][where] = False if i == ladder.last(t) else unsure(conf, c)
                 for j, r in enumerate(where):
                     rows[r].rungs[t].append(entry)
                     rows[r].confidences[t].append(float(conf[j]))
@@ -413,16 +413,19 @@ class Engine:
                 rows[r].flops += float(flops[j])
                 rows[r].reused_flops += float(saved[j])
 
-        record(ladder.rungs[0], np.arange(n), tasks, first.outputs, decoded, False)
+        record(0, np.arange(n), tasks, first.outputs, decoded, False)
         for i, rung in enumerate(ladder.rungs[1:], start=1):
-            unsure_rows = np.flatnonzero(np.any([pending[t] for t in tasks], axis=0))
-            if not len(unsure_rows):
+            if not any(pending[t].any() for t in tasks):
                 break
+            climbing = [t for t in rung.tasks if pending[t].any()]  # a rung holds the tasks that climb there
+            unsure_rows = np.flatnonzero(np.any([pending[t] for t in climbing], axis=0)) if climbing else []
+            if not len(unsure_rows):
+                continue
             if not self._rung_fits(rung, len(unsure_rows), admission.deadline):
                 break
             groups: dict[tuple[str, ...], list[int]] = {}
             for r in unsure_rows:
-                groups.setdefault(tuple(t for t in tasks if pending[t][r]), []).append(int(r))
+                groups.setdefault(tuple(t for t in climbing if pending[t][r]), []).append(int(r))
             keep = rung.trunk not in kept and rung.trunk in trunks[i + 1 :]
             items = []
             for group, where in groups.items():
@@ -448,7 +451,7 @@ class Engine:
                     raise r
             for (group, where, part, item), result in zip(items, results):
                 compute_ms += result.compute_ms
-                record(rung, where, list(group), result.outputs, part, item.state is not None)
+                record(i, where, list(group), result.outputs, part, item.state is not None)
                 if result.state is not None:  # rows of the item -> rows of the request
                     kept.setdefault(rung.trunk, []).extend((where[g], t, b) for g, t, b in result.state)
         for t in tasks:
@@ -705,14 +708,16 @@ class Engine:
         }
 
 
-def _rows_of(state: State, where: np.ndarray, n: int) -> State:
+def _rows_of(state: State, where: np.ndarray, n: int) -> State | None:
     """The kept trunk outputs of request rows `where`, as rows of an item made of them (in
-    that order)."""
+    that order); None unless every one of them was kept (a multi-task ladder may come back
+    to a trunk with rows of another task, which did not run it)."""
     position = np.full(n, -1)
     position[where] = np.arange(len(where))
-    out = []
+    out, found = [], 0
     for rows, tokens, batch in state:
         mine = np.flatnonzero(position[rows] >= 0)
         if len(mine):
             out.append((position[rows[mine]], tokens[mine], batch[mine]))
-    return out
+            found += len(mine)
+    return out if found == len(where) else None

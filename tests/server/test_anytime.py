@@ -42,7 +42,9 @@ def v1(server, body: dict) -> httpx.Response:
 
 
 def auto_text(server, texts, task="sentiment", confidence=0.9, **extra) -> dict:
-    body = {"model": TEXT, "task": task, "budget": "auto", "confidence": confidence, **extra}
+    body = {"model": TEXT, "budget": "auto", "confidence": confidence, **extra}
+    if task is not None:
+        body["task"] = task
     r = v1(server, {**body, "inputs": [{"text": t} for t in texts]})
     assert r.status_code == 200, r.text
     return r.json()
@@ -154,25 +156,34 @@ def test_a_heavy_request_of_easy_and_hard_rows_answers_every_row(server, scenes)
 
 
 def test_each_task_of_a_multi_task_request_climbs_on_its_own(server, scenes):
-    """A task climbs when its own confidence is below c, whatever the other task's (a
-    multi-task request climbs the two-rung ladder: fitted ladders are per task)."""
+    """A task climbs its own ladder when its own confidence is below c, whatever the other's."""
     c = 0.99
     body = v1(server, payload(scenes.images[:8], tasks=["count", "sum"], budget="auto", confidence=c)).json()
     single = v1(server, payload(scenes.images[:8], task="sum", budget="auto", confidence=c)).json()
     climbed = set()
     for row, alone in zip(body["route"]["rows"], single["route"]["rows"]):
         assert set(row["tasks"]) == {"count", "sum"}
-        for t, r in row["tasks"].items():
-            assert (len(r["escalations"]) > 1) == (r["confidences"][0] < c), t
-            climbed |= {t} if len(r["escalations"]) > 1 else set()
-        # the first rung is the same route alone or beside count: the same confidence, the same call
-        first, alone_first = row["tasks"]["sum"], alone["tasks"]["sum"]
-        assert first["escalations"][0] == alone_first["escalations"][0]
-        assert math.isclose(first["confidences"][0], alone_first["confidences"][0], abs_tol=1e-5)
-        assert (len(first["escalations"]) > 1) == (len(alone_first["escalations"]) > 1)
+        assert row["tasks"]["sum"]["escalations"] == alone["tasks"]["sum"]["escalations"]
+        climbed |= {t for t, r in row["tasks"].items() if len(r["escalations"]) > 1}
     assert climbed == {"sum"}, "count is sure of these scenes at the first rung, sum is not"
     for o in body["outputs"]:
         assert {"count", "sum"} <= set(o)
+
+
+def test_tasks_whose_ladders_use_other_trunks_climb_each_their_own(server, texts):
+    """question_type's ladder has a middle rung sentiment's has not: the request runs it for
+    question_type alone, and each task answers as it would alone."""
+    ladder = ladders(server, TEXT)
+    assert len(ladder["question_type"]) > len(ladder["sentiment"])  # the bundled fits differ
+    both = auto_text(server, texts[:12], task=None, tasks=["sentiment", "question_type"], confidence=0.95)
+    for t in ("sentiment", "question_type"):
+        alone = auto_text(server, texts[:12], task=t, confidence=0.95)
+        for row, single, out, single_out in zip(
+            both["route"]["rows"], alone["route"]["rows"], both["outputs"], alone["outputs"]
+        ):
+            assert row["tasks"][t]["escalations"] == single["tasks"][t]["escalations"]
+            assert row["tasks"][t]["escalations"] == ladder[t][: len(row["tasks"][t]["escalations"])]
+            np.testing.assert_allclose(out[t]["scores"], single_out[t]["scores"], atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [0, 1, -1, "0.9", True, 1.5])
