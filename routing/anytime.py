@@ -75,13 +75,7 @@ def _merge(tables: RouteTables, rests: list[list[RouteEntry]]) -> list[Plan]:
     while any(rests):
         trunk = min((r[0] for r in rests if r), key=lambda e: e.flops).route.trunk
         entries = tuple(r.pop(0) for r in rests if r and r[0].route.trunk == trunk)
-        routes = {e.task: e.route for e in entries}
-        score = sum(e.score for e in entries) / len(entries)
-        rungs.append(
-            Plan(
-                trunk, entries, tables.flops.request_flops(routes), tables.flops.flops_fraction(routes), score
-            )
-        )
+        rungs.append(next(p for p in tables.plans([e.task for e in entries]) if p.entries == entries))
     return rungs
 
 
