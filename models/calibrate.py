@@ -207,7 +207,8 @@ def card_section(fitted: dict[str, dict[str, dict]], ladders: dict[str, dict]) -
     lines += [
         "",
         "Anytime ladders fitted on the same rows: the cheapest ladder (up to "
-        f"{MAX_RUNGS} rungs) that reaches the best route's score - {SCORE_SLACK * 100:g} points "
+        f"{MAX_RUNGS} rungs, ending on a best-scoring route) that reaches the best route's score "
+        f"- {SCORE_SLACK * 100:g} points "
         "at some confidence; cost is the mean FLOPs fraction of a row there.",
         "",
         "| task | ladder | confidence | cost | score | goal |",

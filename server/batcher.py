@@ -44,6 +44,17 @@ Encode = Callable[[dict[str, np.ndarray]], Any]
 State = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+def select_state(state: State, position: np.ndarray) -> State:
+    """The rows of `state` that `position` maps (row -> its row in a new item, or -1), as rows
+    of that item."""
+    out = []
+    for rows, tokens, batch in state:
+        mine = np.flatnonzero(position[rows] >= 0)
+        if len(mine):
+            out.append((position[rows[mine]], tokens[mine], batch[mine]))
+    return out
+
+
 @dataclass(eq=False)  # compared by (priority, arrival) only, never by its arrays
 class WorkItem:
     """One request's instances in the queue.
@@ -238,11 +249,9 @@ def _forward(
     for i, it in enumerate(items):
         state = None
         if it.keep_state:
-            state = []
-            for rows, tokens, batch in stacked:
-                mine = np.flatnonzero((rows >= offsets[i]) & (rows < offsets[i + 1]))
-                if len(mine):
-                    state.append((rows[mine] - offsets[i], tokens[mine], batch[mine]))
+            position = np.full(total, -1)
+            position[offsets[i] : offsets[i + 1]] = np.arange(offsets[i + 1] - offsets[i])
+            state = select_state(stacked, position)
         outputs = {e.task: results[(e.task, e.route)][offsets[i] : offsets[i + 1]] for e in it.plan.entries}
         answers.append((outputs, state))
     return answers

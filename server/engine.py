@@ -23,7 +23,7 @@ from routing import Budget, BudgetError, Plan, RouteEntry, RouteTables, Unsatisf
 from routing.anytime import DEFAULT_CONFIDENCE, Ladder, choose_ladder, unsure
 from server import calibration, hooks
 from server.backends import create_backend
-from server.batcher import Batcher, BatchResult, Decode, Encode, State, WorkItem
+from server.batcher import Batcher, BatchResult, Decode, Encode, State, WorkItem, select_state
 from server.compute import ComputeScheduler
 from server.errors import (
     BudgetTooSmall,
@@ -399,7 +399,7 @@ class Engine:
             rung = ladder.rungs[i]
             routes = {e.task: e.route for e in rung.entries if e.task in group}
             flops = self.adapter.row_flops(part, routes, trunk=not reused)
-            saved = self.adapter.row_flops(part, routes) - flops
+            saved = self.adapter.row_flops(part, routes) - flops if reused else np.zeros_like(flops)
             for t in group:
                 entry = next(e for e in rung.entries if e.task == t)
                 conf = kind(self.adapter.tasks[t].kind).confidence(outputs[t], entry.temperature)
@@ -418,9 +418,9 @@ class Engine:
             if not any(pending[t].any() for t in tasks):
                 break
             climbing = [t for t in rung.tasks if pending[t].any()]  # a rung holds the tasks that climb there
-            unsure_rows = np.flatnonzero(np.any([pending[t] for t in climbing], axis=0)) if climbing else []
-            if not len(unsure_rows):
+            if not climbing:
                 continue
+            unsure_rows = np.flatnonzero(np.any([pending[t] for t in climbing], axis=0))
             if not self._rung_fits(rung, len(unsure_rows), admission.deadline):
                 break
             groups: dict[tuple[str, ...], list[int]] = {}
@@ -714,10 +714,5 @@ def _rows_of(state: State, where: np.ndarray, n: int) -> State | None:
     to a trunk with rows of another task, which did not run it)."""
     position = np.full(n, -1)
     position[where] = np.arange(len(where))
-    out, found = [], 0
-    for rows, tokens, batch in state:
-        mine = np.flatnonzero(position[rows] >= 0)
-        if len(mine):
-            out.append((position[rows[mine]], tokens[mine], batch[mine]))
-            found += len(mine)
-    return out if found == len(where) else None
+    out = select_state(state, position)
+    return out if sum(len(rows) for rows, _, _ in out) == len(where) else None
