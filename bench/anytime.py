@@ -8,7 +8,9 @@ The curves replay the server's rule (routing.anytime) on every rung's outputs fo
 split (text: sha1 mod 5 == 0; images: the 2,000 test-pool scenes of the card), each route run
 once in eager PyTorch: what the server answers to 1e-4. A row's FLOPs are those of every rung it
 ran, a rung on a trunk it already ran counting only its paths (the server reuses the trunk's
-output). The HTTP part runs a real server.
+output). The HTTP part runs a real server. `floors` says why a task's target is met or not:
+per cheap route, how often it answers as max does, how well its confidence ranks those rows,
+and the cheapest two-rung ladder from it with the threshold picked on the held-out rows.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None)
         for e in rungs
     ]
     max_row = next(s for s in static if s["route"] == top.entries[0].id)
+    floors = floor_bounds(adapter, tables, task, decoded, target, outputs, max_row, full)
     auto = []
     for c in CONFIDENCES:
         answered, answer, spent = replay(k, replayed, c)
@@ -123,12 +126,68 @@ def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None)
         "auto": auto,
         "chosen": best,
         "ece": ece,
+        "floors": floors,
     }
+
+
+def _agreement(k, probs: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Per row, whether a route answers as the max route does (what a cheap rung's confidence
+    must predict for a ladder to reach max's score cheaply)."""
+    return k.correct(probs, top.argmax(-1) if k.name == "classification" else top).astype(bool)
+
+
+def floor_bounds(adapter, tables, task, decoded, target, outputs, max_row, full) -> list[dict]:
+    """Why a ladder reaches max's score cheaply or not, per static route cheaper than the task's
+    FLOPs target: how often it answers as max does, how well its calibrated confidence ranks
+    those rows (ROC AUC), and the cheapest two-rung ladder (route, then max) that reaches max's
+    score - 0.5 points with the threshold chosen on these same rows (a bound on any confidence
+    rule over that route's output; the escalated fraction at it)."""
+    from sklearn.metrics import roc_auc_score
+
+    spec, limit = adapter.tasks[task], TARGETS.get(task)
+    k, metric = kind(spec.kind), getattr(spec, "metric", None)
+    entries = {e.id: e for e in tables.tables[task]}
+    top = entries[max_row["route"]]
+    goal_score = max_row["score"] - 0.005
+    max_flops = max_row["fraction"] * full.sum()
+    rows = []
+    for e in tables.tables[task]:
+        cost = adapter.row_flops(decoded, {task: e.route})
+        if e.id == top.id or limit is None or cost.sum() / max_flops > limit:
+            continue
+        probs = outputs[e.id]
+        agree = _agreement(k, probs, outputs[top.id])
+        conf = k.confidence(probs, e.temperature)
+        same_trunk = e.route.trunk == top.route.trunk
+        climb = adapter.row_flops(decoded, {task: top.route}, trunk=not same_trunk)
+        order = np.argsort(conf, kind="stable")
+        bound = None
+        for q in np.linspace(0, 1, 201):
+            up = np.zeros(len(order), bool)
+            up[order[: round(q * len(order))]] = True
+            answer = np.where(up.reshape(-1, *[1] * (probs.ndim - 1)), outputs[top.id], probs)
+            if score(k, answer, target, metric) >= goal_score:
+                bound = (q, float((cost.sum() + climb[up].sum()) / max_flops))
+                break
+        rows.append(
+            {
+                "route": e.id,
+                "FLOPs / max's": round(float(cost.sum() / max_flops), 4),
+                "score": round(score(k, probs, target, metric), 4),
+                "agrees with max": round(float(agree.mean()), 4),
+                "confidence AUC for agreeing": (
+                    round(float(roc_auc_score(agree, conf)), 3) if 0 < agree.mean() < 1 else None
+                ),
+                "escalated at the bound": None if bound is None else round(bound[0], 3),
+                "two-rung bound FLOPs / max's": None if bound is None else round(bound[1], 4),
+            }
+        )
+    return rows
 
 
 def curves(scale: Scale) -> tuple[list[dict], list[dict], dict]:
     limit = {"tiny": 40}.get(scale.name)
-    rows, goals, per_model, ece = [], [], {}, []
+    rows, goals, per_model, ece, floors = [], [], {}, [], []
     for name in MODELS:
         adapter = load_adapter(name)
         tables = RouteTables(adapter, adapter.route_rows)
@@ -142,6 +201,7 @@ def curves(scale: Scale) -> tuple[list[dict], list[dict], dict]:
             ece += [
                 {"model": name, "task": task, "kind": adapter.tasks[task].kind, **e} for e in curve["ece"]
             ]
+            floors += [{"model": name, "task": task, **f} for f in curve["floors"]]
             chosen = curve["chosen"]
             rows.append(
                 {
@@ -169,7 +229,7 @@ def curves(scale: Scale) -> tuple[list[dict], list[dict], dict]:
     for split in ("validation", "held-out"):
         worst = max(e[f"{split} ECE after"] for e in classification)
         goals.append(goal(f"ECE after temperature scaling, worst classification rung ({split})", worst, 0.05))
-    return rows, goals, per_model, ece
+    return rows, goals, per_model, ece, floors
 
 
 def plot(per_model: dict, out: Path) -> list[str]:
@@ -213,11 +273,16 @@ def _texts(n: int) -> list[str]:
 
 def http(scale: Scale, threads: int, port: int, confidence: float) -> tuple[list[dict], list[dict]]:
     """Batch 1 on one keep-alive connection (p50, mean), and 16 closed-loop clients: auto at
-    `confidence` vs max, text `sentiment`; auto's answers under concurrency equal to a
-    sequential run's."""
+    `confidence` vs max (and min, auto's first rung alone), text `sentiment`; auto's answers
+    under concurrency equal to a sequential run's."""
     n = {"tiny": 8}.get(scale.name, 30 * scale.rounds)
     texts = _texts(n)
-    arms = {"max": {"budget": "max"}, "auto": {"budget": "auto", "confidence": confidence}}
+    # min: auto's first rung alone (a request that never climbs), the bound on auto's latency
+    arms = {
+        "max": {"budget": "max"},
+        "auto": {"budget": "auto", "confidence": confidence},
+        "min": {"budget": "min"},
+    }
 
     def body(text: str, arm: str) -> dict:
         return {"model": "text-tasks", "task": HTTP_TASK, "inputs": [{"text": text}], **arms[arm]}
@@ -297,7 +362,7 @@ def http(scale: Scale, threads: int, port: int, confidence: float) -> tuple[list
 
 def anytime(scale: Scale, threads: int, port: int, out: Path) -> dict:
     torch.set_num_threads(threads)
-    rows, goals, per_model, ece = curves(scale)
+    rows, goals, per_model, ece, floors = curves(scale)
     text_curve = next(c for c in per_model["text-tasks"] if c["task"] == HTTP_TASK)
     confidence = (text_curve["chosen"] or text_curve["auto"][-1])["confidence"]
     http_rows, http_goals = http(scale, threads, port, confidence)
@@ -306,6 +371,7 @@ def anytime(scale: Scale, threads: int, port: int, out: Path) -> dict:
         "rows": rows,
         "http": http_rows,
         "ece": ece,
+        "floors": floors,
         "curves": [
             {"model": m, "task": c["task"], "ladder": " > ".join(c["ladder"]), **a}
             for m, cs in per_model.items()

@@ -96,6 +96,14 @@ def test_anytime_covers_every_task_with_a_confidence(tiny):
     assert len(points) == 6 * len(tasks)
     for c in anytime["curves"]:
         assert 0 < c["fraction"] and sum(c["answered_by"]) > 0
-    assert {r["arm"] for r in anytime["http"]} == {"max", "auto"}
+    assert {r["arm"] for r in anytime["http"]} == {"max", "auto", "min"}
+    # why a target is met or not: every task with one has its cheap routes' bound, which
+    # escalating every row always reaches (max answers then) at no less than the route's cost
+    targeted = {("text-tasks", t) for t in ("sentiment", "question_type", "spam")}
+    targeted |= {("mnist-scenes", t) for t in ("count", "presence", "sum")}
+    assert {(f["model"], f["task"]) for f in anytime["floors"]} == targeted
+    for f in anytime["floors"]:
+        assert 0 <= f["agrees with max"] <= 1 and 0 <= f["escalated at the bound"] <= 1
+        assert f["two-rung bound FLOPs / max's"] >= f["FLOPs / max's"]
     for plot in anytime["plots"]:
         assert (out / plot).stat().st_size > 1000
