@@ -55,15 +55,15 @@ def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None)
     ladder = choose_ladder(tables, [task], floor, top)
     full = adapter.row_full_flops(decoded, [task])
     static = []
-    outputs = {}
+    outputs, costs = {}, {}  # per route id: its probabilities and FLOPs, per row
     for e in tables.tables[task]:
         probs = route_outputs(adapter, task, e.route, decoded, modules)
         outputs[e.id] = probs
-        flops = adapter.row_flops(decoded, {task: e.route})
+        costs[e.id] = adapter.row_flops(decoded, {task: e.route})
         static.append(
             {
                 "route": e.id,
-                "fraction": float(flops.sum() / full.sum()),
+                "fraction": float(costs[e.id].sum() / full.sum()),
                 "score": score(k, probs, target, metric),
             }
         )
@@ -74,13 +74,13 @@ def task_curve(adapter, tables: RouteTables, task: str, data, limit: int | None)
             e.route.trunk,
             outputs[e.id],
             e.temperature,
-            adapter.row_flops(decoded, {task: e.route}),
+            costs[e.id],
             adapter.row_flops(decoded, {task: e.route}, trunk=False),
         )
         for e in rungs
     ]
     max_row = next(s for s in static if s["route"] == top.entries[0].id)
-    floors = floor_bounds(adapter, tables, task, decoded, target, outputs, max_row, full)
+    floors = floor_bounds(adapter, tables, task, decoded, target, outputs, costs, max_row)
     auto = []
     for c in CONFIDENCES:
         answered, answer, spent = replay(k, replayed, c)
@@ -136,7 +136,7 @@ def _agreement(k, probs: np.ndarray, top: np.ndarray) -> np.ndarray:
     return k.correct(probs, top.argmax(-1) if k.name == "classification" else top).astype(bool)
 
 
-def floor_bounds(adapter, tables, task, decoded, target, outputs, max_row, full) -> list[dict]:
+def floor_bounds(adapter, tables, task, decoded, target, outputs, costs, max_row) -> list[dict]:
     """Why a ladder reaches max's score cheaply or not, per static route cheaper than the task's
     FLOPs target: how often it answers as max does, how well its calibrated confidence ranks
     those rows (ROC AUC), and the cheapest two-rung ladder (route, then max) that reaches max's
@@ -146,13 +146,12 @@ def floor_bounds(adapter, tables, task, decoded, target, outputs, max_row, full)
 
     spec, limit = adapter.tasks[task], TARGETS.get(task)
     k, metric = kind(spec.kind), getattr(spec, "metric", None)
-    entries = {e.id: e for e in tables.tables[task]}
-    top = entries[max_row["route"]]
+    top = next(e for e in tables.tables[task] if e.id == max_row["route"])
     goal_score = max_row["score"] - 0.005
-    max_flops = max_row["fraction"] * full.sum()
+    max_flops = costs[top.id].sum()
     rows = []
     for e in tables.tables[task]:
-        cost = adapter.row_flops(decoded, {task: e.route})
+        cost = costs[e.id]
         if e.id == top.id or limit is None or cost.sum() / max_flops > limit:
             continue
         probs = outputs[e.id]

@@ -9,7 +9,7 @@ at each batch size run cold (several times their calibrated time), the slowdown 
 jumps and some requests are shed for about a second (seen: 51-64% answered over the first
 3 s in 3 of 12 runs); what must never happen is shedding that lasts. A run that sheds more
 is run once more, which shedding that lasts fails again: in a full suite on 2 shared cores a
-moment's stall once shed 17% of a run (82.5% answered) right after a run that shed none."""
+moment's stall once shed 17% of a run (82.5% answered) right after a run that passed."""
 
 import asyncio
 import time
